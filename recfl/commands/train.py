@@ -1,0 +1,29 @@
+"""``recfl train``: the cloud model, trained centrally on a prepared data set."""
+
+from __future__ import annotations
+
+from recfl.cli import add_config_args, print_json
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="train the cloud model and print its test metrics as JSON")
+    train.add_argument("--data", required=True, metavar="DIR", help="prepared data set directory")
+    train.add_argument("--out", required=True, metavar="MODELDIR")
+    train.add_argument("--epochs", type=int)
+    add_config_args(train)
+    train.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    from recfl import config
+    from recfl.dataset import PreparedDataset
+    from recfl.model import ModelConfig
+    from recfl.train import TrainConfig, train_cloud_model
+
+    doc = config.load(args.config, args.overrides)
+    data = PreparedDataset(args.data)
+    report = train_cloud_model(
+        data, args.out, config.section(ModelConfig, doc, "model"), config.section(TrainConfig, doc, "train", epochs=args.epochs)
+    )
+    print_json({"model_dir": args.out, "test": report["model"], "popularity_baseline": report["popularity_baseline"]})
+    return 0

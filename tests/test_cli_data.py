@@ -1,0 +1,42 @@
+"""The data and train commands end to end, in process, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from recfl.cli import main
+
+
+def test_describe_prints_json(capsys, fixtures):
+    assert main(["data", "describe", "--format", "taobao", "--path", str(fixtures / "taobao.csv")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["rows"] == 25 and stats["dropped"] == {"timestamp_out_of_range": 1}
+
+
+def test_user_errors_are_one_line_with_nonzero_exit(capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3,pv,1511658000\n1,2,3\n")
+    assert main(["data", "describe", "--format", "taobao", "--path", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"recfl: error: {bad}:2: expected 5 fields (user_id, item_id, category_id, behavior, timestamp) separated by ',', got 3"
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "not a prepared data set" in capsys.readouterr().err
+
+
+def test_prepare_then_train(capsys, tmp_path, fixtures):
+    out = tmp_path / "ml"
+    assert main(["data", "prepare", "--format", "movielens-100k", "--path", str(fixtures / "ml100k"), "--out", str(out),
+                 "--test-fraction", "0.25", "--seed", "4"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["seed"] == 4 and manifest["test"]["rows"] == 8
+    assert main(["train", "--data", str(out), "--out", str(tmp_path / "model"), "--epochs", "1",
+                 "--set", "model.embed_dim=4", "--set", "train.batch_size=8"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["test"]) >= {"auc", "gauc", "logloss"}
+    assert (tmp_path / "model" / "spec.json").is_file() and (tmp_path / "model" / "saved_model").is_dir()
+
+
+def test_synth_writes_a_prepared_set(capsys, tmp_path):
+    assert main(["data", "synth", "--users", "50", "--items", "100", "--out", str(tmp_path / "s"), "--seed", "2"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["source"] == "synthetic" and manifest["synthetic"]["users"] == 50 and manifest["synthetic"]["seed"] == 2
