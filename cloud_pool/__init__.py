@@ -1,0 +1,1 @@
+"""The cloud side of CoDA: the pool of shared samples, profiles and coarse matching."""
