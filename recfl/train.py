@@ -29,10 +29,17 @@ class TrainConfig:
     seed: int = 0
 
 
-def encoded_splits(data: PreparedDataset, spec: ModelSpec) -> tuple[Examples, Examples]:
-    """Train examples (history from train) and test examples (history frozen at the split)."""
+def encoded_splits(data: PreparedDataset, spec: ModelSpec, train_users: np.ndarray | None = None,
+                   test_users: np.ndarray | None = None) -> tuple[Examples, Examples]:
+    """Train examples (history from train) and test examples (history frozen at the split),
+    optionally restricted to some users (e.g. train on the pool's sharing users, test on device users)."""
     args = (data.item_vocab, data.category_vocab, data.items, spec.features)
-    return encode(data.train, data.train, *args), encode(data.test, data.train, *args)
+    return encode(of_users(data.train, train_users), data.train, *args), encode(of_users(data.test, test_users), data.train, *args)
+
+
+def of_users(events, users: np.ndarray | None):
+    """The events of ``users`` (all events when ``users`` is None), order kept."""
+    return events if users is None else events[events["user_id"].isin(users)]
 
 
 def fit(spec: ModelSpec, params: ModelParams, examples: Examples, config: TrainConfig, progress: bool = True) -> tuple[ModelParams, list[float]]:
@@ -64,20 +71,26 @@ def fit(spec: ModelSpec, params: ModelParams, examples: Examples, config: TrainC
 
 
 def train_cloud_model(data: PreparedDataset, out: Path, model_config: ModelConfig = ModelConfig(),
-                      config: TrainConfig = TrainConfig(), progress: bool = True) -> dict:
-    """Train on ``data``'s train split, evaluate on its test split, write the model and metrics."""
+                      config: TrainConfig = TrainConfig(), progress: bool = True,
+                      train_users: np.ndarray | None = None, test_users: np.ndarray | None = None) -> dict:
+    """Train on ``data``'s train split, evaluate on its test split, write the model and metrics.
+
+    ``train_users`` limits training to those users' events (the cloud sees only
+    the pool of sharing users); ``test_users`` limits evaluation likewise.
+    """
     started = time.time()
     spec = ModelSpec.build(model_config, data.item_vocab.size, data.category_vocab.size)
-    train, test = encoded_splits(data, spec)
+    train, test = encoded_splits(data, spec, train_users, test_users)
     params, losses = fit(spec, init_params(spec, model_config.init_seed), train, config, progress)
     scores = predict(spec, params, test.inputs())
-    baseline = popularity_scores(data.train, data.test["item_id"].to_numpy())
+    baseline = popularity_scores(of_users(data.train, train_users), of_users(data.test, test_users)["item_id"].to_numpy())
     report = {
         "data": str(data.root),
         "model": ctr_metrics(test.user_id, test.label, scores),
         "popularity_baseline": ctr_metrics(test.user_id, test.label, baseline),
         "train_loss": losses,
         "train_examples": len(train),
+        "train_users": None if train_users is None else int(len(np.unique(train_users))),
         "test_examples": len(test),
         "config": {"model": asdict(model_config), "train": asdict(config)},
         "seconds": round(time.time() - started, 2),
