@@ -120,8 +120,14 @@ class PoolStore:
 
     def read(self, columns: list[str] | None = None) -> pd.DataFrame:
         """All stored events (canonical columns, or the ``columns`` asked for)."""
+        if not self.files():
+            return conform(pd.DataFrame({c: [] for c in EVENT_COLUMNS}))[columns or list(EVENT_COLUMNS)]
+        return self.read_table(columns).to_pandas()
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """All stored events as one Arrow table (no Python objects: cheap for millions of rows)."""
+        columns = columns or list(EVENT_COLUMNS)
         files = self.files()
         if not files:
-            return conform(pd.DataFrame({c: [] for c in EVENT_COLUMNS}))[columns or list(EVENT_COLUMNS)]
-        table = pa.concat_tables([pq.read_table(f, columns=columns or list(EVENT_COLUMNS), partitioning=None) for f in files])
-        return table.to_pandas()
+            return pa.Table.from_pandas(self.read(columns), preserve_index=False)
+        return pa.concat_tables([pq.read_table(f, columns=columns, partitioning=None) for f in files])

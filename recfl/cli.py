@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "recfl.commands.data",
     "recfl.commands.train",
     "recfl.commands.run",
+    "cloud_pool.cli",
 )
 
 

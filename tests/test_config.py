@@ -45,10 +45,13 @@ def test_missing_config_file(tmp_path):
 def test_default_toml_documents_the_real_defaults():
     from pathlib import Path
 
+    from cloud_pool.matching import MatchConfig
+    from cloud_pool.pool import PoolConfig
     from recfl.dataset import DataConfig
     from recfl.formats import SyntheticSpec
 
     doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
-    sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig}
+    sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
+                "pool": PoolConfig, "matching": MatchConfig}
     for name, cls in sections.items():
         assert config.section(cls, doc, name) == cls(), name

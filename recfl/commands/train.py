@@ -10,6 +10,7 @@ def register(commands) -> None:
     train.add_argument("--data", required=True, metavar="DIR", help="prepared data set directory")
     train.add_argument("--out", required=True, metavar="MODELDIR")
     train.add_argument("--epochs", type=int)
+    train.add_argument("--pool", metavar="POOLDIR", help="train only on the pool's sharing users, evaluate on its device users")
     add_config_args(train)
     train.set_defaults(handler=_train)
 
@@ -22,8 +23,15 @@ def _train(args) -> int:
 
     doc = config.load(args.config, args.overrides)
     data = PreparedDataset(args.data)
+    users = {}
+    if args.pool:
+        from cloud_pool.pool import load_split
+
+        split = load_split(args.pool)
+        users = {"train_users": split.sharing_users, "test_users": split.device_users}
     report = train_cloud_model(
-        data, args.out, config.section(ModelConfig, doc, "model"), config.section(TrainConfig, doc, "train", epochs=args.epochs)
+        data, args.out, config.section(ModelConfig, doc, "model"), config.section(TrainConfig, doc, "train", epochs=args.epochs),
+        **users,
     )
     print_json({"model_dir": args.out, "test": report["model"], "popularity_baseline": report["popularity_baseline"]})
     return 0

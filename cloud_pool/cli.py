@@ -1,0 +1,47 @@
+"""``recfl pool build`` and ``recfl pool match``: the cloud pool and coarse matching."""
+
+from __future__ import annotations
+
+from recfl.cli import add_config_args, print_json
+
+
+def register(commands) -> None:
+    pool = commands.add_parser("pool", help="build the cloud pool from sharing users; coarse-match device users")
+    sub = pool.add_subparsers(dest="pool_command", required=True, metavar="SUBCOMMAND", parser_class=type(pool))
+
+    build = sub.add_parser("build", help="append the sharing users' training events to a pool; print counts as JSON")
+    build.add_argument("--data", required=True, metavar="DIR", help="prepared data set directory")
+    build.add_argument("--out", required=True, metavar="POOLDIR")
+    build.add_argument("--share-fraction", type=float, metavar="F", help="fraction of users who share data (default 0.5)")
+    add_config_args(build)
+    build.set_defaults(handler=_build)
+
+    match = sub.add_parser("match", help="write the candidates of the device users (one shard) as Parquet")
+    match.add_argument("--data", required=True, metavar="DIR", help="prepared data set directory")
+    match.add_argument("--pool", required=True, metavar="POOLDIR")
+    match.add_argument("--out", required=True, metavar="CANDDIR")
+    match.add_argument("--shard", default="0/1", metavar="i/n", help="match only shard i of n of the device users")
+    add_config_args(match)
+    match.set_defaults(handler=_match)
+
+
+def _build(args) -> int:
+    from cloud_pool.pool import PoolConfig, build_pool, pool_summary
+    from recfl import config
+    from recfl.dataset import PreparedDataset
+
+    cfg = config.section(PoolConfig, config.load(args.config, args.overrides), "pool", share_fraction=args.share_fraction)
+    build_pool(PreparedDataset(args.data), args.out, cfg.share_fraction, cfg.salt)
+    print_json({"pool_dir": args.out, **pool_summary(args.out)})
+    return 0
+
+
+def _match(args) -> int:
+    from cloud_pool.matching import MatchConfig, parse_shard, write_candidates
+    from recfl import config
+    from recfl.dataset import PreparedDataset
+
+    shard = parse_shard(args.shard)
+    cfg = config.section(MatchConfig, config.load(args.config, args.overrides), "matching")
+    print_json(write_candidates(args.pool, PreparedDataset(args.data), args.out, cfg, shard=shard))
+    return 0

@@ -1,0 +1,295 @@
+"""Coarse matching: for each device user, samples of the most similar pool users within a budget.
+
+Similarity is the cosine of quantized profiles (:mod:`cloud_pool.profiles`),
+computed by blocks of device users against all pool users (one matrix
+product per block, so memory is bounded by ``block_size x pool users``).
+The top ``top_m`` pool users of each device user are found without sorting
+whole rows: a threshold from a strided sample of the row keeps a few times
+``top_m`` columns, which are then ordered exactly by (similarity desc, pool
+user id asc); rows where the sample misleads fall back to an exact partition.
+Samples are then taken from the most similar pool user first, each pool
+user's most recent samples first (ties by event id), until the device
+user's budget (``budget_multiplier`` x its local training events, at least
+``min_budget``) is spent. A user's own samples are never candidates, and the
+pool holds no test event (see :mod:`cloud_pool.pool`).
+
+Candidates table: the canonical event columns of each pool sample
+(``user_id`` is the pool user who owns it) plus ``target_user_id`` (the
+device user it was matched for) and ``similarity`` (float32), ordered by
+target user, then rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from cloud_pool.pool import load_split, open_store, pool_summary, unit_hash
+from cloud_pool.profiles import ProfileSpec, profiles
+from recfl.dataset import PreparedDataset
+from recfl.errors import RecflError
+from recfl.schema import EVENT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_COLUMNS: dict[str, str] = {**EVENT_COLUMNS, "target_user_id": "int64", "similarity": "float32"}
+SHARD_SALT = "recfl-shard"
+SAMPLE_COLUMNS = 2048  # strided sample of a score row used to guess its top-m threshold
+_SHARD_FILE = re.compile(r"shard-(\d{4})-of-(\d{4})\.parquet")
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """The ``[matching]`` config section: profile shape, how many pool users, how many samples."""
+
+    top_m: int = 50  # most similar pool users considered per device user
+    budget_multiplier: float = 10.0  # candidates per device user <= this x its local training events
+    min_budget: int = 100  # ... but at least this many (users with few local events)
+    per_pool_user: int = 0  # most recent samples taken from one pool user (0 = all of them)
+    min_similarity: float = 0.0  # pool users at or below this cosine are never matched
+    block_size: int = 256  # device users per matrix product (memory ~ block_size x pool users x 5 bytes)
+    category_dims: int = 256  # profile dimensions: the pool's most frequent categories
+    item_dims: int = 0  # ... plus the pool's most frequent items (0 = categories only)
+    item_weight: float = 1.0  # weight of the item part relative to the category part
+    positive_weight: float = 1.0  # weight of a positive event relative to a negative one in a profile
+
+    def __post_init__(self):
+        if self.top_m < 1 or self.block_size < 1 or self.min_budget < 0 or self.budget_multiplier < 0 or self.per_pool_user < 0:
+            raise RecflError("matching: top_m and block_size must be >= 1; budgets and per_pool_user >= 0")
+
+    def profile_spec(self, pool_dir: str | Path, items: pd.DataFrame) -> ProfileSpec:
+        return ProfileSpec.from_pool(pool_dir, items, self.category_dims, self.item_dims, self.positive_weight, self.item_weight)
+
+
+@dataclass(frozen=True, eq=False)
+class PoolIndex:
+    """The pool's samples sorted by (user, newest first, event id), with per-user offsets and profiles."""
+
+    samples: pa.Table
+    users: np.ndarray  # sorted pool user ids
+    offsets: np.ndarray  # samples of users[k] are rows offsets[k] .. offsets[k + 1]
+    profiles: np.ndarray  # float32 [users, dims], integer-valued
+    inv_norm: np.ndarray  # float32 1 / |profile| (0 for an empty profile)
+
+    @classmethod
+    def load(cls, pool_dir: str | Path, spec: ProfileSpec) -> "PoolIndex":
+        with open_store(pool_dir) as store:
+            table = store.read_table()
+        table = table.sort_by([("user_id", "ascending"), ("timestamp", "descending"), ("event_id", "ascending")])
+        user_id = table.column("user_id").to_numpy()
+        users, vectors = profiles(user_id, table.column("item_id").to_numpy(), table.column("label").to_numpy(), spec)
+        offsets = np.searchsorted(user_id, users, side="left")
+        return cls(table, users, np.append(offsets, len(user_id)), *_matrix(vectors))
+
+
+def _matrix(quantized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 profiles and inverse norms (norms from exact integer sums)."""
+    vectors = quantized.astype(np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->i", quantized.astype(np.int64), quantized.astype(np.int64)).astype(np.float64))
+    inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).astype(np.float32)
+    return vectors, inv
+
+
+def shard_of(user_ids: np.ndarray, shards: int) -> np.ndarray:
+    """The shard (0 .. shards-1) of each user: a salted hash, so it never depends on the other users."""
+    return np.minimum((unit_hash(user_ids, SHARD_SALT) * shards).astype(np.int64), shards - 1)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not int(match[1]) < int(match[2]):
+        raise RecflError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return int(match[1]), int(match[2])
+
+
+def top_columns(scores: np.ndarray, m: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the up to ``m`` columns with the highest score above ``min_score``, ordered by
+    (score desc, column asc); returned flat as (row, column), grouped by row. ``scores`` is float32."""
+    rows, width = scores.shape
+    if rows == 0 or width == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    floor = np.nextafter(np.float32(min_score), np.float32(np.inf))
+    stride = max(1, width // SAMPLE_COLUMNS)
+    sample = scores[:, ::stride]
+    keep = min(sample.shape[1], math.ceil(4 * m * sample.shape[1] / width))
+    threshold = np.maximum(np.partition(sample, sample.shape[1] - keep, axis=1)[:, sample.shape[1] - keep], floor)
+    counts = np.count_nonzero(scores >= threshold[:, None], axis=1)
+    redo = np.flatnonzero(((counts < m) & (threshold > floor)) | (counts > max(64 * m, 4096)))
+    if len(redo):  # the sample misled: the exact m-th largest score of those rows
+        kth = max(width - m, 0)
+        threshold[redo] = np.maximum(np.partition(scores[redo], kth, axis=1)[:, kth], floor)
+    row, col = np.nonzero(scores >= threshold[:, None])
+    order = np.lexsort((col, -scores[row, col], row))
+    row, col = row[order], col[order]
+    start = np.searchsorted(row, row, side="left")
+    first = np.arange(len(row)) - start < m
+    return row[first], col[first]
+
+
+def _segment_cumsum(values: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Cumulative sum of ``values`` within runs of equal ``row`` (row sorted), exclusive."""
+    total = np.cumsum(values) - values
+    start = np.searchsorted(row, row, side="left")
+    return total - total[start]
+
+
+def _match_block(pool: PoolIndex, users: np.ndarray, vectors: np.ndarray, inv_norm: np.ndarray,
+                 budget: np.ndarray, config: MatchConfig) -> pa.Table:
+    """Candidates of one block of device users (sorted ids) as an Arrow table."""
+    scores = vectors @ pool.profiles.T  # exact integer dot products ...
+    scores *= pool.inv_norm[None, :]  # ... then cosines, elementwise: the same whatever the block
+    scores *= inv_norm[:, None]
+    own = np.searchsorted(pool.users, users).clip(max=max(len(pool.users) - 1, 0))
+    is_own = pool.users[own] == users if len(pool.users) else np.zeros(len(users), bool)
+    scores[np.flatnonzero(is_own), own[is_own]] = -np.inf  # never a user's own samples
+    scores[inv_norm == 0] = -np.inf  # an empty profile matches nothing
+    row, col = top_columns(scores, config.top_m, config.min_similarity)
+    similarity = scores[row, col]
+    available = np.diff(pool.offsets)[col]
+    if config.per_pool_user:
+        available = np.minimum(available, config.per_pool_user)
+    take = np.clip(budget[row] - _segment_cumsum(available, row), 0, available)
+    row, col, similarity, take = row[take > 0], col[take > 0], similarity[take > 0], take[take > 0]
+    first = np.cumsum(take) - take
+    index = np.repeat(pool.offsets[col] - first, take) + np.arange(take.sum())
+    out = pool.samples.take(pa.array(index, pa.int64()))
+    return (out.append_column("target_user_id", pa.array(np.repeat(users[row], take), pa.int64()))
+               .append_column("similarity", pa.array(np.repeat(similarity.astype(np.float32), take), pa.float32())))
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceProfiles:
+    """The device users to match (sorted), their quantized profiles and candidate budgets."""
+
+    users: np.ndarray
+    vectors: np.ndarray  # float32 [users, dims]
+    inv_norm: np.ndarray
+    budget: np.ndarray  # int64 candidates allowed per user
+
+
+def device_profiles(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig, spec: ProfileSpec,
+                    users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> DeviceProfiles:
+    """Profiles of the device users (or of ``users``) in ``shard``, from their *training* events only.
+
+    In deployment each device computes its vector with :func:`cloud_pool.profiles.profile` and uploads
+    it; here the simulation computes them all at once (the same function, vectorised).
+    """
+    index, count = shard
+    if not 0 <= index < count:
+        raise RecflError(f"shard {index}/{count}: expected 0 <= i < n")
+    train = pq.read_table(Path(data.root) / "train.parquet", columns=["user_id", "item_id", "label"])
+    train_user = train.column("user_id").to_numpy()
+    if users is None:
+        wanted = load_split(pool_dir).device_users
+    else:
+        wanted = np.unique(np.asarray(users, dtype=np.int64))
+        unknown = np.setdiff1d(wanted, train_user)
+        if len(unknown):
+            raise RecflError(f"{len(unknown)} user(s) have no training events in {data.root} (e.g. {unknown[0]})")
+    wanted = wanted[shard_of(wanted, count) == index]
+    mine = np.isin(train_user, wanted)
+    ids, quantized = profiles(train_user[mine], train.column("item_id").to_numpy()[mine],
+                              train.column("label").to_numpy()[mine], spec)
+    vectors = np.zeros((len(wanted), spec.dims), dtype=np.uint8)
+    local = np.zeros(len(wanted), dtype=np.int64)
+    at = np.searchsorted(wanted, ids)
+    vectors[at] = quantized
+    local[at] = np.bincount(np.searchsorted(ids, train_user[mine]), minlength=len(ids))
+    budget = np.maximum(config.min_budget, np.ceil(config.budget_multiplier * local)).astype(np.int64)
+    return DeviceProfiles(wanted, *_matrix(vectors), budget)
+
+
+def iter_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig(),
+                    users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
+                    progress: bool = False) -> Iterator[pa.Table]:
+    """The candidates of ``shard``'s device users, one Arrow table per block of ``config.block_size`` users."""
+    pool_summary(pool_dir)
+    spec = config.profile_spec(pool_dir, data.items)
+    pool = PoolIndex.load(pool_dir, spec)
+    device = device_profiles(pool_dir, data, config, spec, users, shard)
+    log.info("matching %d device users against %d pool users (%d samples, %d dims)", len(device.users),
+             len(pool.users), pool.samples.num_rows, spec.dims)
+    blocks = range(0, len(device.users), config.block_size)
+    for lo in tqdm(blocks, desc="matching", unit="block", disable=not progress, leave=False):
+        part = slice(lo, lo + config.block_size)
+        yield _match_block(pool, device.users[part], device.vectors[part], device.inv_norm[part], device.budget[part], config)
+
+
+def candidate_schema() -> pa.Schema:
+    return pa.schema([(name, pa.from_numpy_dtype(np.dtype(dtype)) if dtype != "string" else pa.string())
+                      for name, dtype in CANDIDATE_COLUMNS.items()])
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow candidates table as a DataFrame with the documented dtypes."""
+    return table.select(list(CANDIDATE_COLUMNS)).to_pandas().astype(CANDIDATE_COLUMNS)
+
+
+def match_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig(),
+                     users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+    """The candidates table of the device users (or ``users``) in ``shard``, in memory."""
+    tables = list(iter_candidates(pool_dir, data, config, users, shard))
+    return to_frame(pa.concat_tables(tables) if tables else candidate_schema().empty_table())
+
+
+def shard_path(out_dir: str | Path, shard: tuple[int, int]) -> Path:
+    return Path(out_dir) / f"shard-{shard[0]:04d}-of-{shard[1]:04d}.parquet"
+
+
+def write_candidates(pool_dir: str | Path, data: PreparedDataset, out_dir: str | Path, config: MatchConfig = MatchConfig(),
+                     users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True) -> dict:
+    """Stream ``shard``'s candidates to ``out_dir/shard-iiii-of-nnnn.parquet`` (one row group per block)."""
+    started = time.perf_counter()
+    path = shard_path(out_dir, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    schema = candidate_schema().with_metadata({"recfl.matching": json.dumps(asdict(config), sort_keys=True)})
+    rows = targets = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for block in iter_candidates(pool_dir, data, config, users, shard, progress):
+            writer.write_table(block.select(schema.names).cast(schema))
+            rows += block.num_rows
+            targets += len(pc.unique(block.column("target_user_id")))
+    os.replace(tmp, path)
+    return {"path": str(path), "shard": f"{shard[0]}/{shard[1]}", "candidates": rows, "users_with_candidates": targets,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def read_candidates(out_dir: str | Path, users: np.ndarray | None = None) -> pd.DataFrame:
+    """All shards of a candidates directory (or only the rows of ``users``); refuses an incomplete set."""
+    out_dir = Path(out_dir)
+    found = {}
+    for path in out_dir.glob("shard-*-of-*.parquet"):
+        match = _SHARD_FILE.fullmatch(path.name)
+        if match:
+            found[(int(match[1]), int(match[2]))] = path
+    counts = {n for _, n in found}
+    if len(counts) != 1:
+        raise RecflError(f"{out_dir}: " + ("no candidate shards" if not counts else f"shards of different splits {sorted(counts)}"))
+    (count,) = counts
+    missing = [i for i in range(count) if (i, count) not in found]
+    if missing:
+        raise RecflError(f"{out_dir}: candidate shard(s) {missing} of {count} missing; run `recfl pool match --shard i/{count}`")
+    filters = None if users is None else [("target_user_id", "in", [int(u) for u in np.unique(users)])]
+    tables = [pq.read_table(found[(i, count)], filters=filters) for i in range(count)]
+    table = pa.concat_tables(tables).sort_by([("target_user_id", "ascending")]) if count > 1 else tables[0]
+    return to_frame(table)
+
+
+__all__ = ["CANDIDATE_COLUMNS", "MatchConfig", "PoolIndex", "device_profiles", "iter_candidates", "match_candidates",
+           "parse_shard", "read_candidates", "shard_of", "top_columns", "write_candidates"]

@@ -1,0 +1,154 @@
+"""Build the cloud pool from a prepared data set: which users share, and their training events.
+
+A user shares data when a salted hash of their id falls below the share
+fraction, so a user's role is the same on every platform and run and does
+not depend on which other users exist. Only the sharing users' *training*
+events enter the pool; device users' events and every test event stay out.
+
+Layout of a pool directory (``pool.json`` is written last, so its presence
+means complete)::
+
+    POOL/store/                 the PoolStore (day-partitioned Parquet + event-id index)
+    POOL/users.parquet          user_id, role ("sharing" | "device")
+    POOL/vocab/items.parquet    pool item frequencies (id, count), most frequent first
+    POOL/vocab/categories.parquet  pool category frequencies (id, count; every category of an event's item)
+    POOL/pool.json              share fraction, salt, counts, source data set
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cloud_pool.profiles import category_frequencies
+from cloud_pool.store import PoolStore
+from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.errors import RecflError
+from recfl.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+SHARING, DEVICE = "sharing", "device"
+APPEND_CHUNK = 500_000  # events per store append: bounds the memory of one transaction
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The ``[pool]`` config section: which users share their data with the cloud."""
+
+    share_fraction: float = 0.5
+    salt: str = "recfl-pool"
+
+
+@dataclass(frozen=True, eq=False)
+class PoolSplit:
+    """The users whose training events are in the pool, and the device users (sorted, int64)."""
+
+    sharing_users: np.ndarray
+    device_users: np.ndarray
+
+
+def unit_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per user id from blake2b(salt:id): stable across platforms and runs."""
+    ids = np.asarray(user_ids, dtype=np.int64)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    key = salt.encode() + b":"
+    words = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(key + str(u).encode(), digest_size=8).digest(), "big") >> 11 for u in uniq.tolist()),
+        dtype=np.int64, count=len(uniq),
+    )
+    return (words.astype(np.float64) / float(1 << 53))[inverse]
+
+
+def assign_roles(user_ids: np.ndarray, share_fraction: float, salt: str) -> PoolSplit:
+    """Split the distinct ``user_ids`` into sharing (hash < fraction) and device users."""
+    if not 0.0 <= share_fraction <= 1.0:
+        raise RecflError(f"share fraction must be in [0, 1], got {share_fraction}")
+    users = np.unique(np.asarray(user_ids, dtype=np.int64))
+    shares = unit_hash(users, salt) < share_fraction
+    return PoolSplit(users[shares], users[~shares])
+
+
+def pool_events(data: PreparedDataset, split: PoolSplit) -> pd.DataFrame:
+    """The events that may enter the pool: training events of sharing users, nothing else."""
+    train = data.train
+    return train[train["user_id"].isin(split.sharing_users)]
+
+
+def build_pool(data: PreparedDataset, pool_dir: str | Path, share_fraction: float = 0.5,
+               salt: str = "recfl-pool") -> PoolSplit:
+    """Assign roles to ``data``'s users and append the sharing users' training events to ``pool_dir``.
+
+    Rerunning with the same settings is a no-op on the store (appends are
+    idempotent by event id); other settings on an existing pool are refused.
+    """
+    pool_dir = Path(pool_dir)
+    manifest = pool_dir / "pool.json"
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if (old["share_fraction"], old["salt"]) != (share_fraction, salt):
+            raise RecflError(f"{pool_dir}: pool already built with share fraction {old['share_fraction']} and salt "
+                             f"{old['salt']!r}; use a new directory")
+    users = np.union1d(data.train["user_id"].to_numpy(np.int64), data.test["user_id"].to_numpy(np.int64))
+    split = assign_roles(users, share_fraction, salt)
+    events = pool_events(data, split)
+    written = duplicates = 0
+    with PoolStore(pool_dir / "store") as store:
+        for lo in range(0, len(events), APPEND_CHUNK):
+            result = store.append(events.iloc[lo : lo + APPEND_CHUNK])
+            written, duplicates = written + result.written, duplicates + result.duplicates
+        stored = store.count()
+    roles = pd.DataFrame({
+        "user_id": np.concatenate([split.sharing_users, split.device_users]),
+        "role": [SHARING] * len(split.sharing_users) + [DEVICE] * len(split.device_users),
+    }).sort_values("user_id", kind="stable")
+    roles.to_parquet(pool_dir / "users.parquet", index=False)
+    (pool_dir / "vocab").mkdir(exist_ok=True)
+    Vocabulary.fit(events["item_id"].to_numpy()).save(pool_dir / "vocab" / "items.parquet")
+    category_frequencies(events["item_id"].to_numpy(), data.items).save(pool_dir / "vocab" / "categories.parquet")
+    summary = {
+        "share_fraction": share_fraction,
+        "salt": salt,
+        "data": str(data.root),
+        "data_created_utc": data.manifest.get("created_utc"),
+        "sharing_users": int(len(split.sharing_users)),
+        "device_users": int(len(split.device_users)),
+        "pool_events": int(stored),
+        "written": int(written),
+        "duplicates": int(duplicates),
+    }
+    write_json_atomic(manifest, summary)
+    log.info("pool %s: %d sharing users, %d device users, %d events", pool_dir, summary["sharing_users"],
+             summary["device_users"], stored)
+    return split
+
+
+def pool_summary(pool_dir: str | Path) -> dict:
+    """The ``pool.json`` of a complete pool directory."""
+    path = Path(pool_dir) / "pool.json"
+    if not path.is_file():
+        raise RecflError(f"{pool_dir}: not a built cloud pool (no pool.json); run `recfl pool build`")
+    return json.loads(path.read_text())
+
+
+def load_split(pool_dir: str | Path) -> PoolSplit:
+    """The sharing and device users of a built pool."""
+    pool_summary(pool_dir)
+    roles = pd.read_parquet(Path(pool_dir) / "users.parquet")
+    ids, role = roles["user_id"].to_numpy(np.int64), roles["role"].to_numpy()
+    return PoolSplit(np.sort(ids[role == SHARING]), np.sort(ids[role == DEVICE]))
+
+
+def open_store(pool_dir: str | Path) -> PoolStore:
+    """The PoolStore of a built pool (read side)."""
+    pool_summary(pool_dir)
+    return PoolStore(Path(pool_dir) / "store", create=False)
+
+
+__all__ = ["PoolConfig", "PoolSplit", "assign_roles", "build_pool", "load_split", "open_store", "pool_summary", "unit_hash"]

@@ -1,0 +1,146 @@
+"""Coarse user profiles: what a user's training events are about, as one small integer vector.
+
+A profile is a histogram over the pool's most frequent categories (every
+category of each event's item, from the item catalog), optionally followed
+by a histogram over the pool's most frequent items; each part is
+L2-normalized, the item part weighted, and the result quantized to integers
+``0..levels`` (relative to its largest entry). The quantization is what a
+device uploads (one byte per dimension, nothing else about its events), and
+it makes every dot product of two profiles an exact integer in float32, so
+similarities, rankings and ties are the same whatever the block size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recfl.errors import RecflError
+from recfl.vocab import Vocabulary
+
+FLOAT32_EXACT = (1 << 24) - 1  # integers up to this are exact in float32
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileSpec:
+    """The dimensions of a profile and how events are weighed; built once from the pool."""
+
+    category_ids: np.ndarray  # raw category id of dimension k (most frequent in the pool first)
+    item_ids: np.ndarray  # raw item id of dimension len(category_ids) + k
+    catalog_items: np.ndarray  # item ids of the (item, category dimension) pairs, sorted
+    catalog_dims: np.ndarray  # category dimension of each pair
+    positive_weight: float = 1.0
+    item_weight: float = 1.0
+
+    @property
+    def dims(self) -> int:
+        return len(self.category_ids) + len(self.item_ids)
+
+    @property
+    def levels(self) -> int:
+        """Largest quantized value such that ``dims * levels**2`` stays exact in float32."""
+        return int(min(255, np.floor(np.sqrt(FLOAT32_EXACT / max(self.dims, 1)))))
+
+    @classmethod
+    def build(cls, category_vocab: Vocabulary, item_vocab: Vocabulary, items: pd.DataFrame, category_dims: int,
+              item_dims: int = 0, positive_weight: float = 1.0, item_weight: float = 1.0) -> "ProfileSpec":
+        """Dimensions from the pool vocabularies (most frequent first); ``items`` is the item catalog."""
+        if category_dims < 0 or item_dims < 0 or category_dims + item_dims == 0:
+            raise RecflError("a profile needs category_dims + item_dims > 0 (both >= 0)")
+        if positive_weight < 0 or item_weight < 0:
+            raise RecflError("profile weights must be >= 0")
+        category_ids = category_vocab.ids[:category_dims]
+        pairs = item_categories(items)
+        dim = _position(category_ids, pairs["category_id"].to_numpy(np.int64))
+        keep = dim >= 0
+        order = np.argsort(pairs["item_id"].to_numpy(np.int64)[keep], kind="stable")
+        return cls(category_ids, item_vocab.ids[:item_dims], pairs["item_id"].to_numpy(np.int64)[keep][order],
+                   dim[keep][order], float(positive_weight), float(item_weight))
+
+    @classmethod
+    def from_pool(cls, pool_dir: str | Path, items: pd.DataFrame, category_dims: int, item_dims: int = 0,
+                  positive_weight: float = 1.0, item_weight: float = 1.0) -> "ProfileSpec":
+        """:meth:`build` with the frequency vocabularies a built pool wrote."""
+        vocab = Path(pool_dir) / "vocab"
+        return cls.build(Vocabulary.load(vocab / "categories.parquet"), Vocabulary.load(vocab / "items.parquet"), items,
+                         category_dims, item_dims, positive_weight, item_weight)
+
+
+def item_categories(items: pd.DataFrame) -> pd.DataFrame:
+    """The item catalog as (item_id, category_id) pairs, one per category of an item."""
+    cats = items["categories"].to_numpy()
+    lengths = np.fromiter((len(c) for c in cats), dtype=np.int64, count=len(cats))
+    flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in cats]) if lengths.sum() else np.array([], np.int64)
+    return pd.DataFrame({"item_id": np.repeat(items["item_id"].to_numpy(np.int64), lengths), "category_id": flat})
+
+
+def category_frequencies(item_id: np.ndarray, items: pd.DataFrame) -> Vocabulary:
+    """How many events touch each category (every category of the event's item), most frequent first."""
+    ids, counts = np.unique(np.asarray(item_id, dtype=np.int64), return_counts=True)
+    pairs = item_categories(items)
+    pos = np.searchsorted(ids, pairs["item_id"].to_numpy(np.int64)).clip(max=max(len(ids) - 1, 0))
+    hit = (ids[pos] == pairs["item_id"].to_numpy(np.int64)) if len(ids) else np.zeros(len(pairs), bool)
+    per_cat = pd.Series(counts[pos[hit]]).groupby(pairs["category_id"].to_numpy(np.int64)[hit]).sum()
+    cat_ids, cat_counts = per_cat.index.to_numpy(np.int64), per_cat.to_numpy(np.int64)
+    order = np.lexsort((cat_ids, -cat_counts))
+    return Vocabulary(cat_ids[order], cat_counts[order])
+
+
+def _position(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in ``keys`` (unsorted, unique), or -1."""
+    if not len(keys):
+        return np.full(len(values), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.searchsorted(keys, values, sorter=order).clip(max=len(keys) - 1)
+    return np.where(keys[order[pos]] == values, order[pos], -1)
+
+
+def profiles(user_id: np.ndarray, item_id: np.ndarray, label: np.ndarray, spec: ProfileSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct users, their quantized profiles as uint8 [users, dims]) from event columns."""
+    users, row = np.unique(np.asarray(user_id, dtype=np.int64), return_inverse=True)
+    item_id = np.asarray(item_id, dtype=np.int64)
+    weight = np.where(np.asarray(label) == 1, spec.positive_weight, 1.0)
+    n_cat = len(spec.category_ids)
+    # category part: one count per (event, category of its item) pair of the catalog
+    lo = np.searchsorted(spec.catalog_items, item_id, side="left")
+    hi = np.searchsorted(spec.catalog_items, item_id, side="right")
+    per_event = hi - lo
+    event = np.repeat(np.arange(len(item_id)), per_event)
+    pair = np.arange(per_event.sum()) - np.repeat(np.cumsum(per_event) - per_event, per_event) + np.repeat(lo, per_event)
+    cat_hist = _histogram(row[event], spec.catalog_dims[pair], weight[event], len(users), n_cat)
+    parts = [_unit_rows(cat_hist)]
+    if len(spec.item_ids):
+        dim = _position(spec.item_ids, item_id)
+        hit = dim >= 0
+        item_hist = _histogram(row[hit], dim[hit], weight[hit], len(users), len(spec.item_ids))
+        parts.append(np.sqrt(spec.item_weight) * _unit_rows(item_hist))
+    return users, quantize(np.hstack(parts), spec.levels)
+
+
+def profile(events: pd.DataFrame, spec: ProfileSpec) -> np.ndarray:
+    """One user's profile from that user's events (``item_id``, ``label``): what a device uploads."""
+    if events.empty:
+        return np.zeros(spec.dims, dtype=np.uint8)
+    return profiles(np.zeros(len(events), np.int64), events["item_id"].to_numpy(), events["label"].to_numpy(), spec)[1][0]
+
+
+def _histogram(row: np.ndarray, dim: np.ndarray, weight: np.ndarray, rows: int, dims: int) -> np.ndarray:
+    return np.bincount(row * dims + dim, weights=weight, minlength=rows * dims).reshape(rows, dims)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norm, out=np.zeros_like(matrix), where=norm > 0)
+
+
+def quantize(vectors: np.ndarray, levels: int) -> np.ndarray:
+    """Scale each row so its largest entry is ``levels`` and round (all-zero rows stay zero)."""
+    top = vectors.max(axis=1, keepdims=True) if vectors.shape[1] else np.zeros((len(vectors), 1))
+    scaled = np.divide(vectors * levels, top, out=np.zeros_like(vectors, dtype=np.float64), where=top > 0)
+    return np.rint(scaled).astype(np.uint8)
+
+
+__all__ = ["ProfileSpec", "category_frequencies", "item_categories", "profile", "profiles", "quantize"]
