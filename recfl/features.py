@@ -53,14 +53,68 @@ class Examples:
 
 
 def category_rows(items: pd.DataFrame, cat_vocab: Vocabulary, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted item ids, [n_items, width] category rows) from the item table."""
+    """(sorted item ids, [n_items, width] category rows) from the item table, vectorised."""
     ids = items["item_id"].to_numpy(np.int64)
     order = np.argsort(ids, kind="stable")
+    lists = items["categories"].to_numpy()[order]
+    lengths = np.fromiter((min(len(c), width) for c in lists), dtype=np.int64, count=len(lists))
+    flat = np.concatenate([np.asarray(c, dtype=np.int64)[:width] for c in lists]) if len(lists) else np.array([], np.int64)
     table = np.full((len(ids), width), PAD, dtype=np.int32)
-    for row, cats in enumerate(items["categories"].to_numpy()[order]):
-        cats = np.asarray(cats, dtype=np.int64)[:width]
-        table[row, : len(cats)] = cat_vocab.lookup(cats)
+    rows = np.repeat(np.arange(len(ids)), lengths)
+    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    table[rows, cols] = cat_vocab.lookup(flat)
     return ids[order], table
+
+
+class Encoder:
+    """Encodes events into :class:`Examples`; the item -> category table is built once."""
+
+    def __init__(self, item_vocab: Vocabulary, cat_vocab: Vocabulary, items: pd.DataFrame, spec: FeatureSpec = FeatureSpec()):
+        self.item_vocab, self.spec = item_vocab, spec
+        self._known, self._table = category_rows(items, cat_vocab, spec.max_categories)
+
+    def __call__(self, events: pd.DataFrame, history_events: pd.DataFrame) -> Examples:
+        """Encode ``events`` (any order; output keeps it) with history from ``history_events``."""
+        spec, item_vocab = self.spec, self.item_vocab
+        n = len(events)
+        pos = history_events[history_events["label"] == 1]
+        flag = np.concatenate([np.zeros(n, np.int8), np.ones(len(pos), np.int8)])
+        user = np.concatenate([events["user_id"].to_numpy(np.int64), pos["user_id"].to_numpy(np.int64)])
+        ts = np.concatenate([events["timestamp"].to_numpy(np.int64), pos["timestamp"].to_numpy(np.int64)])
+        eid = np.concatenate([events["event_id"].to_numpy(str), pos["event_id"].to_numpy(str)])
+        row = np.concatenate([np.arange(n), np.arange(len(pos))])
+        order = np.lexsort((flag, eid, ts, user))  # an event sorts before its own positive
+        f = flag[order]
+        before = np.cumsum(f) - f  # positives strictly earlier in the sorted order
+        first = np.r_[True, user[order][1:] != user[order][:-1]]
+        user_start = np.maximum.accumulate(np.where(first, before, 0))
+        pos_items = item_vocab.lookup(pos["item_id"].to_numpy(np.int64))[row[order][f == 1]]
+
+        ev = f == 0
+        earlier = (before - user_start)[ev]
+        start = user_start[ev]
+        offsets = earlier[:, None] - spec.history + np.arange(spec.history)[None, :]
+        hist = np.full((n, spec.history), PAD, dtype=np.int32)
+        if len(pos_items):
+            valid = offsets >= 0
+            hist[row[order][ev]] = np.where(valid, pos_items[np.where(valid, start[:, None] + offsets, 0)], PAD)
+
+        item_ids = events["item_id"].to_numpy(np.int64)
+        known, table = self._known, self._table
+        cats = np.full((n, spec.max_categories), PAD, dtype=np.int32)
+        if len(known):
+            at = np.searchsorted(known, item_ids).clip(max=len(known) - 1)
+            has = known[at] == item_ids
+            cats[has] = table[at[has]]
+
+        return Examples(
+            item=item_vocab.lookup(item_ids),
+            cats=cats,
+            hist=hist,
+            label=events["label"].to_numpy(np.float32),
+            user_id=events["user_id"].to_numpy(np.int64),
+            timestamp=events["timestamp"].to_numpy(np.int64),
+        )
 
 
 def encode(
@@ -71,43 +125,5 @@ def encode(
     items: pd.DataFrame,
     spec: FeatureSpec = FeatureSpec(),
 ) -> Examples:
-    """Encode ``events`` (any order; output keeps it) with history from ``history_events``."""
-    n = len(events)
-    pos = history_events[history_events["label"] == 1]
-    flag = np.concatenate([np.zeros(n, np.int8), np.ones(len(pos), np.int8)])
-    user = np.concatenate([events["user_id"].to_numpy(np.int64), pos["user_id"].to_numpy(np.int64)])
-    ts = np.concatenate([events["timestamp"].to_numpy(np.int64), pos["timestamp"].to_numpy(np.int64)])
-    eid = np.concatenate([events["event_id"].to_numpy(str), pos["event_id"].to_numpy(str)])
-    row = np.concatenate([np.arange(n), np.arange(len(pos))])
-    order = np.lexsort((flag, eid, ts, user))  # an event sorts before its own positive
-    f = flag[order]
-    before = np.cumsum(f) - f  # positives strictly earlier in the sorted order
-    first = np.r_[True, user[order][1:] != user[order][:-1]]
-    user_start = np.maximum.accumulate(np.where(first, before, 0))
-    pos_items = item_vocab.lookup(pos["item_id"].to_numpy(np.int64))[row[order][f == 1]]
-
-    ev = f == 0
-    earlier = (before - user_start)[ev]
-    start = user_start[ev]
-    offsets = earlier[:, None] - spec.history + np.arange(spec.history)[None, :]
-    hist = np.full((n, spec.history), PAD, dtype=np.int32)
-    if len(pos_items):
-        valid = offsets >= 0
-        hist[row[order][ev]] = np.where(valid, pos_items[np.where(valid, start[:, None] + offsets, 0)], PAD)
-
-    item_ids = events["item_id"].to_numpy(np.int64)
-    known, table = category_rows(items, cat_vocab, spec.max_categories)
-    cats = np.full((n, spec.max_categories), PAD, dtype=np.int32)
-    if len(known):
-        at = np.searchsorted(known, item_ids).clip(max=len(known) - 1)
-        has = known[at] == item_ids
-        cats[has] = table[at[has]]
-
-    return Examples(
-        item=item_vocab.lookup(item_ids),
-        cats=cats,
-        hist=hist,
-        label=events["label"].to_numpy(np.float32),
-        user_id=events["user_id"].to_numpy(np.int64),
-        timestamp=events["timestamp"].to_numpy(np.int64),
-    )
+    """Encode ``events`` with history from ``history_events`` (one-off; reuse an :class:`Encoder` in loops)."""
+    return Encoder(item_vocab, cat_vocab, items, spec)(events, history_events)
