@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -165,17 +166,25 @@ def predict(spec: ModelSpec, params: ModelParams, inputs: dict[str, np.ndarray],
     import tensorflow as tf
 
     weights = [tf.convert_to_tensor(a) for a in params.arrays()]
-
-    @tf.function(reduce_retracing=True)
-    def run(weights, item, cats, hist):
-        return tf.sigmoid(logits(weights[0], weights[1], weights[2:], item, cats, hist))
-
+    run = _probabilities()
     n = len(inputs["item"])
     out = np.empty(n, dtype=np.float32)
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         out[lo:hi] = run(weights, inputs["item"][lo:hi], inputs["cats"][lo:hi], inputs["hist"][lo:hi]).numpy()
     return out
+
+
+@lru_cache(maxsize=1)
+def _probabilities():
+    """One traced inference function for every :func:`predict` call (no per-call retracing)."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def run(weights, item, cats, hist):
+        return tf.sigmoid(logits(weights[0], weights[1], weights[2:], item, cats, hist))
+
+    return run
 
 
 def save_model(path: Path, spec: ModelSpec, params: ModelParams, meta: dict | None = None, saved_model: bool = True) -> None:
