@@ -21,6 +21,7 @@ from recfl.errors import RecflError
 COMMAND_MODULES = (
     "recfl.commands.data",
     "recfl.commands.train",
+    "recfl.commands.simulate",
     "recfl.commands.run",
     "cloud_pool.cli",
 )

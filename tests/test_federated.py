@@ -1,0 +1,223 @@
+"""FedSubAvg / FedAvg in TFF: the aggregation rule against a NumPy reference, FedAvg
+equivalence, the privacy boundary, sampling, resume and a two-worker run."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recfl.features import Examples
+from recfl.federated import computations
+from recfl.federated.clients import ClientData
+from recfl.federated.process import FederatedProcess, Heat, RowCoefficients
+from recfl.federated.sampling import Availability, sample_clients
+from recfl.model import ModelSpec, init_params, sgd_step
+from recfl.submodel import Submodel
+
+SPEC = ModelSpec(item_rows=12, category_rows=5, embed_dim=3, hidden=(4,), history=2, max_categories=1)
+WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
+
+
+def _client(user, items, hist, cats, labels):
+    ex = Examples(
+        item=np.array(items, np.int32), cats=np.array(cats, np.int32)[:, None], hist=np.array(hist, np.int32),
+        label=np.array(labels, np.float32), user_id=np.full(len(items), user, np.int64), timestamp=np.zeros(len(items), np.int64),
+    )
+    sub = Submodel.covering(ex)
+    return ClientData(user, sub, sub.localize(ex)), ex
+
+
+# Items 2..11; row 11 is touched by nobody, row 9 only by client 2 (not sampled), row 8 only by client 1.
+CLIENTS = [
+    _client(0, [2, 3, 4], [[0, 5], [2, 5], [0, 0]], [2, 3, 2], [1, 0, 1]),
+    _client(1, [2, 8, 6, 3, 7], [[0, 0], [0, 2], [2, 8], [0, 6], [6, 3]], [2, 4, 3, 3, 2], [1, 1, 0, 1, 0]),
+    _client(2, [9, 2], [[0, 0], [0, 9]], [4, 2], [1, 1]),
+]
+SAMPLED = [0, 1]
+
+
+def _reference_local_training(params, ex, seed):
+    """Local SGD on the FULL model in eager TF, replaying the client's stateless shuffle."""
+    weights = [tf.constant(a) for a in params.arrays()]
+    n = len(ex)
+    for epoch in range(WORK.epochs):
+        order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.constant(seed, tf.int32) + tf.constant([0, epoch]))).numpy()
+        for lo in range(0, n, WORK.batch_size):
+            pick = order[lo : lo + WORK.batch_size]
+            weights, _ = sgd_step(weights, ex.item[pick], ex.cats[pick], ex.hist[pick], ex.label[pick], WORK.learning_rate)
+    return [w.numpy() - a for w, a in zip(weights, params.arrays())]
+
+
+def _reference_round(params, coefficients):
+    """The documented rule, computed client by client with explicit loops."""
+    deltas = {i: _reference_local_training(params, CLIENTS[i][1], (7, k)) for k, i in enumerate(SAMPLED)}
+    sizes = {i: len(CLIENTS[i][1]) for i in SAMPLED}
+    total = sum(sizes.values())
+    expected = [a.astype(np.float64).copy() for a in params.arrays()]
+    for t, coef in ((0, coefficients.item), (1, coefficients.cat)):
+        for m in range(len(expected[t])):
+            acc = sum(sizes[i] * deltas[i][t][m] for i in SAMPLED)
+            expected[t][m] += coef[m] * acc / total
+    for k in range(2, len(expected)):
+        expected[k] += sum(sizes[i] * deltas[i][k] for i in SAMPLED) / total
+    return expected
+
+
+def _heat_by_hand():
+    item, cat = np.zeros(SPEC.item_rows), np.zeros(SPEC.category_rows)
+    for data, ex in CLIENTS:
+        item[data.submodel.item_rows] += len(ex)
+        cat[data.submodel.cat_rows] += len(ex)
+    return Heat(item, cat, float(sum(len(ex) for _, ex in CLIENTS)))
+
+
+@pytest.mark.parametrize("algorithm", ["fedsubavg", "fedavg"])
+def test_round_matches_the_numpy_reference(tff_runtime, algorithm):
+    params = init_params(SPEC, 3)
+    probe = FederatedProcess(SPEC, WORK, RowCoefficients.for_algorithm("fedavg", SPEC), tff_runtime, chunk_clients=2)
+    heat = probe.heat([[c for c, _ in CLIENTS[:2]], [CLIENTS[2][0]]])  # two batches, merged
+    by_hand = _heat_by_hand()
+    np.testing.assert_allclose(heat.item, by_hand.item)
+    np.testing.assert_allclose(heat.cat, by_hand.cat)
+    assert heat.total == by_hand.total == 10
+    coefficients = RowCoefficients.for_algorithm(algorithm, SPEC, heat)
+    if algorithm == "fedsubavg":
+        assert coefficients.item[8] == pytest.approx(10 / 5) and coefficients.item[2] == pytest.approx(1.0)
+    process = FederatedProcess(SPEC, WORK, coefficients, tff_runtime, chunk_clients=1)  # one client per chunk: merge path
+    state, metrics = process.next(process.initialize(params), [CLIENTS[i][0] for i in SAMPLED], seed=7)
+    expected = _reference_round(params, coefficients)
+    for got, want in zip(state.params.arrays(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(state.params.item_emb[11], params.item_emb[11])  # touched by nobody
+    assert np.array_equal(state.params.item_emb[9], params.item_emb[9])  # only by an unsampled client
+    assert not np.allclose(state.params.item_emb[8], params.item_emb[8])  # only by client 1
+    assert (metrics.clients, metrics.examples, state.round) == (2, 8, 1)
+
+
+def test_fedavg_with_unit_coefficients_equals_dense_fedavg(tff_runtime):
+    """Sparse submodel training + coefficient 1 == plain weighted FedAvg over the full model."""
+    params = init_params(SPEC, 5)
+    process = FederatedProcess(SPEC, WORK, RowCoefficients.for_algorithm("fedavg", SPEC), tff_runtime)
+    state, _ = process.next(process.initialize(params), [CLIENTS[i][0] for i in SAMPLED], seed=7)
+    deltas = {i: _reference_local_training(params, CLIENTS[i][1], (7, k)) for k, i in enumerate(SAMPLED)}
+    sizes = {i: len(CLIENTS[i][1]) for i in SAMPLED}
+    for k, base in enumerate(params.arrays()):
+        dense_fedavg = base + sum(sizes[i] * deltas[i][k] for i in SAMPLED) / sum(sizes.values())
+        np.testing.assert_allclose(state.params.arrays()[k], dense_fedavg, rtol=1e-5, atol=1e-6)
+
+
+def test_clients_upload_only_ids_deltas_and_counts():
+    import tensorflow_federated as tff
+
+    comps = computations.build(SPEC, WORK)
+    upload = comps.client_work.type_signature.result
+    assert [name for name, _ in tff.structure.to_elements(upload)] == ["item", "cat", "dense", "examples", "loss"]
+    for table in ("item", "cat"):
+        fields = dict(tff.structure.to_elements(upload[table]))
+        assert set(fields) == {"ids", "rows"}
+        assert str(fields["ids"]) == "int32[?]" and str(fields["rows"]) == f"float32[?,{SPEC.embed_dim}]"
+    assert str(upload["examples"]) == "float32" and str(upload["loss"]) == "float32"
+    # nothing of the client data (examples, labels, history) is in the upload or at the server
+    text = str(comps.round.type_signature.result)
+    assert text.endswith("@SERVER") and "label" not in text and "hist" not in text
+    assert "label" not in str(upload) and "hist" not in str(upload)
+
+
+def test_sampling_is_seeded_and_respects_availability():
+    always = Availability()
+    a = sample_clients(3, 100, 10, always, seed=1)
+    assert np.array_equal(a, sample_clients(3, 100, 10, always, seed=1)) and len(set(a)) == 10
+    assert not np.array_equal(a, sample_clients(4, 100, 10, always, seed=1))
+    flaky = Availability("bernoulli", p=0.3)
+    rate = np.mean([flaky.online(r, 1000, 0).mean() for r in range(20)])
+    assert 0.25 < rate < 0.35
+    chosen = sample_clients(5, 1000, 50, flaky, seed=0)
+    assert flaky.online(5, 1000, 0)[chosen].all()
+    diurnal = Availability("diurnal", p=0.5, amplitude=0.9, hours_per_round=1.0)
+    online = np.array([diurnal.online(r, 2000, 0).mean() for r in range(24)])
+    assert online.max() - online.min() < 0.2  # phases spread over time zones: the total stays level
+    one_zone = np.array([diurnal.online(r, 2000, 0)[:1].item() for r in range(240)])
+    assert 0 < one_zone.mean() < 1
+    assert sample_clients(0, 5, 10, always, 0).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from recfl.dataset import prepare
+    from recfl.formats import SyntheticSpec, load
+
+    return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
+                   tmp_path_factory.mktemp("fl") / "data", 0.2)
+
+
+SIM_ARGS = ["--rounds", "6", "--clients-per-round", "8", "--eval-every", "3", "--seed", "4",
+            "--set", "model.embed_dim=4", "--set", "model.hidden=[8]", "--set", "federated.chunk_clients=3"]
+
+
+def _final_params(run_dir):
+    from recfl.model import load_model
+
+    return load_model(run_dir / "model")[1].arrays()
+
+
+def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from recfl.cli import main
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(full), *SIM_ARGS]) == 0
+    cmd = [sys.executable, "-m", "recfl.cli", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS,
+           "--set", "federated.rounds=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        lines = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+        if len(lines) >= 3:
+            break
+        time.sleep(0.2)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "worker_binary" in " ".join(c.cmdline())]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert workers and psutil.wait_procs(workers, timeout=10)[1] == []  # the TFF worker died with its parent
+    done = json.loads((killed / "metrics.jsonl").read_text().splitlines()[-1])["round"]
+    assert 3 <= done < 6
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS, "--resume"]) == 0
+    rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(_final_params(full), _final_params(killed)):
+        np.testing.assert_array_equal(a, b)
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS]) == 2  # refuses to overwrite
+
+
+def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path):
+    import psutil
+
+    from recfl.federated.runtime import LocalWorker
+    from recfl.federated.simulate import FederatedConfig, simulate
+    from recfl.model import ModelConfig
+
+    fed = FederatedConfig(rounds=3, clients_per_round=8, eval_every=3, seed=4, chunk_clients=3)
+    model = ModelConfig(embed_dim=4, hidden=(8,))
+    simulate(small_data, tmp_path / "one", fed, model, progress=False)
+    workers = [LocalWorker(), LocalWorker()]
+    try:
+        before = [psutil.Process(w.process.pid).cpu_times().user for w in workers]
+        simulate(small_data, tmp_path / "two", fed, model, workers=[w.address for w in workers], progress=False)
+        after = [psutil.Process(w.process.pid).cpu_times().user for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    assert all(b > a for a, b in zip(before, after))  # both workers computed
+    for a, b in zip(_final_params(tmp_path / "one"), _final_params(tmp_path / "two")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
