@@ -48,10 +48,11 @@ def test_default_toml_documents_the_real_defaults():
     from cloud_pool.matching import MatchConfig
     from cloud_pool.pool import PoolConfig
     from recfl.dataset import DataConfig
+    from recfl.federated.simulate import FederatedConfig
     from recfl.formats import SyntheticSpec
 
     doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
     sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
-                "pool": PoolConfig, "matching": MatchConfig}
+                "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig}
     for name, cls in sections.items():
         assert config.section(cls, doc, name) == cls(), name
