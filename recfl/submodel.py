@@ -25,8 +25,12 @@ def _rows(values: np.ndarray) -> np.ndarray:
     return np.concatenate([np.arange(RESERVED), ids[ids >= RESERVED]]).astype(np.int32)
 
 
-def _local(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return np.searchsorted(rows, values).astype(np.int32)
+def _local(rows: np.ndarray, values: np.ndarray, name: str) -> np.ndarray:
+    """Positions of ``values`` in the sorted ``rows``; every value must be there."""
+    pos = np.searchsorted(rows, values).astype(np.int32)
+    if values.size and not np.array_equal(rows[pos.clip(max=len(rows) - 1)], values):
+        raise ValueError(f"examples touch {name} rows outside the submodel")
+    return pos
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,10 @@ class Submodel:
 
     def localize(self, examples: Examples) -> Examples:
         """The same examples with global rows replaced by local ones (all must be covered)."""
-        for rows, values, name in ((self.item_rows, np.concatenate([examples.item.ravel(), examples.hist.ravel()]), "item"),
-                                   (self.cat_rows, examples.cats.ravel(), "category")):
-            if values.size and not np.isin(values, rows).all():
-                raise ValueError(f"examples touch {name} rows outside the submodel")
         return Examples(
-            item=_local(self.item_rows, examples.item),
-            cats=_local(self.cat_rows, examples.cats),
-            hist=_local(self.item_rows, examples.hist),
+            item=_local(self.item_rows, examples.item, "item"),
+            cats=_local(self.cat_rows, examples.cats, "category"),
+            hist=_local(self.item_rows, examples.hist, "item"),
             label=examples.label,
             user_id=examples.user_id,
             timestamp=examples.timestamp,

@@ -28,6 +28,7 @@ from recfl.federated.runtime import Runtime
 from recfl.model import ModelParams, ModelSpec
 
 ALGORITHMS = ("fedsubavg", "fedavg")
+HEAT_CHUNK = 500  # heat uploads are a few ids per client: bigger chunks, fewer calls
 
 
 @dataclass(frozen=True)
@@ -151,15 +152,16 @@ class FederatedProcess:
         for clients in batches:
             inputs = [collections.OrderedDict(item_keys=c.submodel.item_rows, cat_keys=c.submodel.cat_rows,
                                               examples=np.float32(c.size)) for c in clients]
-            parts = self.runtime.map_chunks(self.comps.heat, self._chunks(inputs))
+            parts = self.runtime.map_chunks(self.comps.heat, self._chunks(inputs, HEAT_CHUNK))
             for counts, key in ((item, "item"), (cat, "cat")):
                 ids, sums = _merge_sparse([p[key] for p in parts], 1)
                 counts[ids] += sums[:, 0]
             total += sum(float(p["examples"]) for p in parts)
         return Heat(item, cat, total)
 
-    def _chunks(self, inputs: list) -> list[list]:
-        return [inputs[i : i + self.chunk_clients] for i in range(0, len(inputs), self.chunk_clients)]
+    def _chunks(self, inputs: list, size: int | None = None) -> list[list]:
+        size = size or self.chunk_clients
+        return [inputs[i : i + size] for i in range(0, len(inputs), size)]
 
 
 def apply_update(params: ModelParams, parts: list[dict], coefficients: RowCoefficients, server_lr: float,

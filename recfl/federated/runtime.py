@@ -152,6 +152,18 @@ class Runtime:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def worker_peak_rss_mb(self) -> float | None:
+        """Peak resident memory of the local worker process (None with remote workers)."""
+        if self._local is None:
+            return None
+        status = Path(f"/proc/{self._local.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+
+    def invoke(self, computation, arg=None):
+        """Run one computation on the first worker and return its result."""
+        call = self._contexts[0].invoke(computation, arg)
+        return self._loop.run_until_complete(call)
+
     def map_chunks(self, computation, chunks: Sequence[list], shared=None) -> list:
         """``computation([shared,] chunk)`` for every chunk; chunks spread over workers, results in order."""
         queues: list[list[int]] = [list(range(w, len(chunks), len(self._contexts))) for w in range(len(self._contexts))]
