@@ -61,15 +61,17 @@ class MatchConfig:
     min_budget: int = 100  # ... but at least this many (users with few local events)
     per_pool_user: int = 0  # most recent samples taken from one pool user (0 = all of them)
     min_similarity: float = 0.0  # pool users at or below this cosine are never matched
-    block_size: int = 256  # device users per matrix product (memory ~ block_size x pool users x 5 bytes)
+    block_size: int = 128  # device users per matrix product (memory ~ block_size x pool users x 5 bytes)
     category_dims: int = 256  # profile dimensions: the pool's most frequent categories
-    item_dims: int = 0  # ... plus the pool's most frequent items (0 = categories only)
+    item_dims: int = 512  # ... plus the pool's most frequent items (0 = categories only)
     item_weight: float = 1.0  # weight of the item part relative to the category part
     positive_weight: float = 1.0  # weight of a positive event relative to a negative one in a profile
 
     def __post_init__(self):
         if self.top_m < 1 or self.block_size < 1 or self.min_budget < 0 or self.budget_multiplier < 0 or self.per_pool_user < 0:
             raise RecflError("matching: top_m and block_size must be >= 1; budgets and per_pool_user >= 0")
+        if not 0 <= self.min_similarity < 1:
+            raise RecflError("matching: min_similarity must be in [0, 1) (profiles are non-negative, cosines >= 0)")
 
     def profile_spec(self, pool_dir: str | Path, items: pd.DataFrame) -> ProfileSpec:
         return ProfileSpec.from_pool(pool_dir, items, self.category_dims, self.item_dims, self.positive_weight, self.item_weight)

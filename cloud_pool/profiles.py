@@ -98,26 +98,44 @@ def _position(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(keys[order[pos]] == values, order[pos], -1)
 
 
-def profiles(user_id: np.ndarray, item_id: np.ndarray, label: np.ndarray, spec: ProfileSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct users, their quantized profiles as uint8 [users, dims]) from event columns."""
+def profiles(user_id: np.ndarray, item_id: np.ndarray, label: np.ndarray, spec: ProfileSpec,
+             chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct users, their quantized profiles as uint8 [users, dims]) from event columns.
+
+    Users are processed ``chunk`` at a time, so the float histograms never exceed ``chunk x dims``.
+    """
     users, row = np.unique(np.asarray(user_id, dtype=np.int64), return_inverse=True)
-    item_id = np.asarray(item_id, dtype=np.int64)
-    weight = np.where(np.asarray(label) == 1, spec.positive_weight, 1.0)
-    n_cat = len(spec.category_ids)
+    order = np.argsort(row, kind="stable")
+    bounds = np.searchsorted(row[order], np.arange(0, len(users) + chunk, chunk))
+    item_id, label = np.asarray(item_id, dtype=np.int64), np.asarray(label)
+    out = np.zeros((len(users), spec.dims), dtype=np.uint8)
+    for k in range(len(bounds) - 1):
+        events = order[bounds[k] : bounds[k + 1]]
+        first = k * chunk
+        rows = min(chunk, len(users) - first)
+        out[first : first + rows] = _quantized(row[events] - first, item_id[events], label[events], rows, spec)
+    return users, out
+
+
+def _quantized(row: np.ndarray, item_id: np.ndarray, label: np.ndarray, rows: int, spec: ProfileSpec) -> np.ndarray:
+    """Profiles of ``rows`` users from their events (``row`` in 0..rows-1)."""
+    weight = np.where(label == 1, spec.positive_weight, 1.0)
+    items, item_index = np.unique(item_id, return_inverse=True)  # sorted lookups are cache-friendly
     # category part: one count per (event, category of its item) pair of the catalog
-    lo = np.searchsorted(spec.catalog_items, item_id, side="left")
-    hi = np.searchsorted(spec.catalog_items, item_id, side="right")
-    per_event = hi - lo
+    lo = np.searchsorted(spec.catalog_items, items, side="left")
+    per_event = (np.searchsorted(spec.catalog_items, items, side="right") - lo)[item_index]
+    lo = lo[item_index]
     event = np.repeat(np.arange(len(item_id)), per_event)
     pair = np.arange(per_event.sum()) - np.repeat(np.cumsum(per_event) - per_event, per_event) + np.repeat(lo, per_event)
-    cat_hist = _histogram(row[event], spec.catalog_dims[pair], weight[event], len(users), n_cat)
-    parts = [_unit_rows(cat_hist)]
+    vectors = np.empty((rows, spec.dims))
+    n_cat = len(spec.category_ids)
+    vectors[:, :n_cat] = _unit_rows(_histogram(row[event], spec.catalog_dims[pair], weight[event], rows, n_cat))
     if len(spec.item_ids):
-        dim = _position(spec.item_ids, item_id)
+        dim = _position(spec.item_ids, items)[item_index]
         hit = dim >= 0
-        item_hist = _histogram(row[hit], dim[hit], weight[hit], len(users), len(spec.item_ids))
-        parts.append(np.sqrt(spec.item_weight) * _unit_rows(item_hist))
-    return users, quantize(np.hstack(parts), spec.levels)
+        item_hist = _histogram(row[hit], dim[hit], weight[hit], rows, len(spec.item_ids))
+        vectors[:, n_cat:] = np.sqrt(spec.item_weight) * _unit_rows(item_hist)
+    return quantize(vectors, spec.levels)
 
 
 def profile(events: pd.DataFrame, spec: ProfileSpec) -> np.ndarray:
@@ -128,7 +146,7 @@ def profile(events: pd.DataFrame, spec: ProfileSpec) -> np.ndarray:
 
 
 def _histogram(row: np.ndarray, dim: np.ndarray, weight: np.ndarray, rows: int, dims: int) -> np.ndarray:
-    return np.bincount(row * dims + dim, weights=weight, minlength=rows * dims).reshape(rows, dims)
+    return np.bincount(row * dims + dim, weights=weight, minlength=rows * dims).astype(np.float64).reshape(rows, dims)
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -129,6 +129,17 @@ def test_device_profile_of_one_user_equals_the_batch_row(small_pool):
         mine = train[train["user_id"] == users[k]]
         vector = profile(mine, spec)
         assert vector.dtype == np.uint8 and vector.shape == (spec.dims,) and np.array_equal(vector, batch[k])
+    chunked = profiles(train["user_id"].to_numpy(), train["item_id"].to_numpy(), train["label"].to_numpy(), spec, chunk=7)[1]
+    assert np.array_equal(chunked, batch)
+    assert batch.max() == spec.levels and spec.dims * spec.levels**2 < 2**24  # dot products exact in float32
+
+
+def test_items_only_profiles_match_data_without_categories(small_pool):
+    config = MatchConfig(top_m=8, budget_multiplier=3.0, min_budget=20, category_dims=0, item_dims=300)
+    got = match_candidates(small_pool.pool_dir, small_pool.data, config)
+    assert got["target_user_id"].nunique() > 0.9 * len(small_pool.split.device_users)
+    with pytest.raises(RecflError, match="category_dims \+ item_dims > 0"):
+        match_candidates(small_pool.pool_dir, small_pool.data, MatchConfig(category_dims=0, item_dims=0))
 
 
 @pytest.mark.parametrize("width", [5, 300, 9000])
