@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "recfl.commands.train",
     "recfl.commands.simulate",
     "recfl.commands.run",
+    "recfl.commands.bench",
     "cloud_pool.cli",
 )
 

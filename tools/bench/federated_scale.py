@@ -1,0 +1,67 @@
+"""How a simulation round grows with clients per round, population and vocabulary.
+
+Synthetic populations up to 100,000 clients; one FedSubAvg-shaped round
+(the per-row coefficients only change values, not cost) with up to 1,000
+sampled clients. Time is the median of two rounds after a warm-up round
+(client data built lazily each round is included); memory is the peak
+resident size of the TFF worker and of this driver process. The reference
+is the smallest configuration measured in the same run.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tools.bench import Figure
+
+BENCH = "federated_scale"
+
+
+def _round_seconds(population_size: int, items: int, per_round: int, root: Path) -> tuple[float, float, float]:
+    from recfl.dataset import prepare
+    from recfl.federated.clients import Population
+    from recfl.federated.computations import ClientWork
+    from recfl.federated.process import FederatedProcess, RowCoefficients
+    from recfl.federated.runtime import Runtime
+    from recfl.formats import SyntheticSpec, load
+    from recfl.model import ModelConfig, ModelSpec, init_params
+
+    data = prepare(load("synthetic", None, SyntheticSpec(users=population_size, items=items, events_per_user=30, seed=3)),
+                   root / f"p{population_size}-v{items}")
+    spec = ModelSpec.build(ModelConfig(), data.item_vocab.size, data.category_vocab.size).with_rows(items + 2, data.category_vocab.size)
+    population = Population(data, spec)
+    with Runtime() as runtime:
+        process = FederatedProcess(spec, ClientWork(), RowCoefficients.for_algorithm("fedavg", spec), runtime, chunk_clients=100)
+        state = process.initialize(init_params(spec, 0))
+        times = []
+        for r in range(3):
+            chosen = np.random.default_rng([r, 9]).choice(len(population), size=min(per_round, len(population)), replace=False)
+            state, metrics = process.next(state, population.clients(np.sort(chosen)), seed=0)
+            times.append(metrics.seconds)
+        worker_mb = runtime.worker_peak_rss_mb()
+    driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return float(np.median(times[1:])), worker_mb, driver_mb
+
+
+def run(quick: bool) -> list[Figure]:
+    grid = [(2_000, 20_000, 100), (10_000, 20_000, 100), (10_000, 20_000, 1_000), (10_000, 200_000, 1_000)]
+    if not quick:
+        grid += [(100_000, 200_000, 1_000), (100_000, 1_000_000, 1_000)]
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = None
+        for users, items, per_round in grid:
+            seconds, worker_mb, driver_mb = _round_seconds(users, items, per_round, Path(tmp))
+            base = base or (seconds, (users, items, per_round))
+            case = f"{per_round:,} of {users:,} clients, {items:,}-row item table"
+            ref = f"{base[1][2]:,} of {base[1][0]:,} clients, {base[1][1]:,} rows"
+            figures += [
+                Figure(BENCH, f"round seconds ({case})", seconds, "s", ref, base[0]),
+                Figure(BENCH, f"TFF worker peak RSS ({case})", worker_mb, "MB"),
+                Figure(BENCH, f"driver peak RSS so far ({case})", driver_mb, "MB"),
+            ]
+    return figures
