@@ -26,6 +26,7 @@ from pathlib import Path
 from recfl.errors import RecflError
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's C core otherwise logs every fork of a worker
 
 _PR_SET_PDEATHSIG = 1
 _GRPC_OPTIONS = [
