@@ -21,10 +21,12 @@ from recfl.errors import RecflError
 COMMAND_MODULES = (
     "recfl.commands.data",
     "recfl.commands.train",
+    "recfl.commands.predict",
     "recfl.commands.simulate",
     "recfl.commands.run",
     "recfl.commands.bench",
     "cloud_pool.cli",
+    "ab_testing.cli",
 )
 
 

@@ -36,6 +36,16 @@ EVENT_COLUMNS: dict[str, str] = {
     "behavior": "string",
 }
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "category_id", "label", "timestamp")
+# A predictions file (what a scorer writes and the A/B harness reads): one row per
+# scored test event, ``score`` a click probability in [0, 1], ``arm`` the scorer's name.
+PREDICTION_COLUMNS: dict[str, str] = {
+    "user_id": "int64",
+    "item_id": "int64",
+    "label": "int8",
+    "score": "float64",
+    "timestamp": "int64",
+    "arm": "string",
+}
 NO_CATEGORY = -1
 # 1990-01-01 .. 2100-01-01: anything outside is a corrupt timestamp, not an event.
 MIN_TIMESTAMP = 631_152_000
@@ -51,6 +61,26 @@ def stable_id(text: str) -> int:
 def stable_ids(values: pd.Series) -> np.ndarray:
     """Vectorised :func:`stable_id` over a column of strings."""
     return np.fromiter((stable_id(v) for v in values.astype(str)), dtype=np.int64, count=len(values))
+
+
+def unit_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per user id from blake2b(salt:id): the same on every platform and run."""
+    ids = np.asarray(user_ids, dtype=np.int64)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    key = salt.encode() + b":"
+    words = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(key + str(u).encode(), digest_size=8).digest(), "big") >> 11 for u in uniq.tolist()),
+        dtype=np.int64, count=len(uniq),
+    )
+    return (words.astype(np.float64) / float(1 << 53))[inverse]
+
+
+def predictions_table(events: pd.DataFrame, scores: np.ndarray, arm: str) -> pd.DataFrame:
+    """The predictions file of ``arm``: ``events``' ids, label and timestamp with their ``scores``."""
+    out = events[["user_id", "item_id", "label", "timestamp"]].reset_index(drop=True)
+    out["score"] = np.asarray(scores, dtype=np.float64)
+    out["arm"] = arm
+    return out[list(PREDICTION_COLUMNS)].astype(PREDICTION_COLUMNS)
 
 
 def assign_event_ids(events: pd.DataFrame, source: str) -> pd.DataFrame:

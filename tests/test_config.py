@@ -45,6 +45,7 @@ def test_missing_config_file(tmp_path):
 def test_default_toml_documents_the_real_defaults():
     from pathlib import Path
 
+    from ab_testing.evaluate import AbConfig
     from cloud_pool.matching import MatchConfig
     from cloud_pool.pool import PoolConfig
     from recfl.dataset import DataConfig
@@ -53,6 +54,6 @@ def test_default_toml_documents_the_real_defaults():
 
     doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
     sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
-                "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig}
+                "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig, "ab": AbConfig}
     for name, cls in sections.items():
         assert config.section(cls, doc, name) == cls(), name

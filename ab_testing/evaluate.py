@@ -1,0 +1,238 @@
+"""``evaluate``: arms' predictions in, every metric, lift, interval and guard out (one typed result).
+
+The stage API of the A/B harness: :func:`evaluate` checks the inputs, splits
+users by the design, computes each arm's metrics per segment, bootstraps them
+over users and compares every treatment with the control; :mod:`ab_testing.report`
+turns the :class:`AbResult` into report.md, report.html and metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ab_testing.bucketing import Assignment, assign
+from ab_testing.metrics import ArmEstimator, Metric, parse_metrics
+from ab_testing.predictions import Predictions, check_duplicates, check_paired, check_scores
+from ab_testing.segments import SEGMENTS, Segmenter
+from ab_testing.stats import CORRECTIONS, Lift, adjust_p_values, bootstrap, lift, percentile_interval
+from recfl.config import as_table
+from recfl.errors import RecflError
+
+log = logging.getLogger(__name__)
+DESIGNS = ("paired", "bucketed")
+
+
+@dataclass(frozen=True)
+class AbConfig:
+    """The ``[ab]`` config section: design, metrics and statistics of ``recfl ab evaluate``."""
+
+    design: str = "paired"  # paired: all arms on the same users; bucketed: users hashed into arms
+    buckets: int = 100
+    salt: str = "recfl-ab"
+    metrics: tuple[str, ...] = ("auc", "gauc", "logloss", "hr@10", "ndcg@10")
+    bootstrap: int = 1000  # resamples of users
+    seed: int = 0
+    confidence: float = 0.95
+    correction: str = "holm"  # holm | bh | none, over all treatment x metric comparisons
+    srm_alpha: float = 0.001  # sample-ratio mismatch flagged below this chi-square p-value
+    segment_bounds: tuple[int, ...] = ()  # [warm, hot] training-event bounds; empty: tertiles
+
+    def check(self) -> None:
+        """Refuse settings that cannot give a meaningful result, with one clear line."""
+        if self.design not in DESIGNS:
+            raise RecflError(f"unknown design {self.design!r}; choose one of {', '.join(DESIGNS)}")
+        if self.correction not in CORRECTIONS:
+            raise RecflError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
+        if self.bootstrap < 2:
+            raise RecflError(f"--bootstrap {self.bootstrap}: at least 2 resamples are needed (1000 is usual)")
+        if not 0 < self.confidence < 1:
+            raise RecflError(f"confidence {self.confidence} must be between 0 and 1")
+        if self.buckets < 1:
+            raise RecflError(f"--buckets {self.buckets} must be positive")
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """What one arm was evaluated on."""
+
+    arm: str
+    source: str
+    users: int
+    events: int
+    positives: int
+    counted_users: dict[str, int]  # per ratio metric: users that count (gAUC: both classes; hr/ndcg: a positive)
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One arm's value of one metric in one segment, with its bootstrap interval."""
+
+    arm: str
+    segment: str
+    metric: str
+    value: float
+    ci: tuple[float, float]
+    users: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A treatment against the control on one metric in one segment."""
+
+    treatment: str
+    segment: str
+    metric: str
+    lift: Lift
+    p_adjusted: float
+    significant: bool
+    better: bool | None  # direction of a significant lift (lower logloss is better); None if not significant
+
+
+@dataclass
+class AbResult:
+    """Everything the report shows; :meth:`to_json` is metrics.json."""
+
+    config: AbConfig
+    control: str
+    treatments: tuple[str, ...]
+    metrics: tuple[Metric, ...]
+    arms: list[ArmSummary]
+    values: list[MetricValue]
+    comparisons: list[Comparison]
+    segment_rule: str
+    segment_users: dict[str, dict[str, int]]  # segment -> arm -> users
+    assignment: Assignment | None
+    warnings: list[str]
+    per_user: dict[str, dict[str, np.ndarray]] = field(repr=False)  # arm -> metric -> per-user values
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        srm = self.assignment.srm if self.assignment else None
+        return {
+            "config": as_table(self.config),
+            "control": self.control,
+            "treatments": list(self.treatments),
+            "metrics": {m.name: m.description for m in self.metrics},
+            "arms": [vars(a) for a in self.arms],
+            "values": [vars(v) for v in self.values],
+            "comparisons": [
+                {"treatment": c.treatment, "control": self.control, "segment": c.segment, "metric": c.metric,
+                 **vars(c.lift), "p_adjusted": c.p_adjusted, "significant": c.significant, "better": c.better}
+                for c in self.comparisons
+            ],
+            "segments": {"rule": self.segment_rule, "users": self.segment_users},
+            "assignment": None if self.assignment is None else {
+                "buckets": self.assignment.ranges, "assigned_users": self.assignment.assigned,
+                "users_without_predictions": self.assignment.missing,
+                "srm": {**vars(srm), "mismatch": srm.mismatch},
+            },
+            "warnings": self.warnings,
+            "seconds": self.seconds,
+        }
+
+
+def evaluate(pred: Predictions, control: str, config: AbConfig = AbConfig(), activity: pd.Series | None = None,
+             progress: bool = False) -> AbResult:
+    """Compare every arm of ``pred`` with ``control`` under ``config``; ``activity`` (training events per user) adds segments."""
+    started = time.perf_counter()
+    config.check()
+    metrics = parse_metrics(config.metrics)
+    if control not in pred.arms:
+        raise RecflError(f"control arm {control!r} is not in the predictions (arms: {', '.join(pred.arms)})")
+    if len(pred.arms) < 2:
+        raise RecflError(f"only one arm ({control!r}) in the predictions; an A/B comparison needs at least two")
+    arms = (control, *[a for a in pred.arms if a != control])
+    check_scores(pred, any(m.needs_probabilities for m in metrics))
+    check_duplicates(pred)
+    warnings: list[str] = []
+    assignment = None
+    if config.design == "paired":
+        check_paired(pred, control)
+        groups = [{arm: pred.of(arm) for arm in arms}]
+    else:
+        assignment = assign(pred, arms, config.salt, config.buckets, config.srm_alpha)
+        empty = [arm for arm in arms if not len(assignment.frames[arm])]
+        if empty:
+            raise RecflError(f"bucketed design: no predictions for the users assigned to {', '.join(map(repr, empty))}")
+        groups = [{arm: assignment.frames[arm]} for arm in arms]
+        srm = assignment.srm
+        if srm.mismatch:
+            warnings.append(
+                f"SAMPLE RATIO MISMATCH: users per arm {srm.observed} differ from the designed split "
+                f"{ {a: round(e, 1) for a, e in srm.expected.items()} } (chi-square {srm.chi2:.1f}, p = {srm.p_value:.2g} "
+                f"< {srm.alpha}); some arms lack predictions for their users {assignment.missing}, so the arms no "
+                "longer compare like with like: find the cause before trusting any lift")
+    checked = time.perf_counter()
+
+    evaluated_users = np.unique(np.concatenate([f["user_id"].to_numpy() for g in groups for f in g.values()]))
+    segmenter = Segmenter.fit(evaluated_users, activity, tuple(config.segment_bounds))
+    if activity is not None and segmenter.unknown(evaluated_users):
+        warnings.append(f"{segmenter.unknown(evaluated_users)} evaluated users are not in the users file; "
+                        "they count as users with 0 training events (cold)")
+    seeds = np.random.SeedSequence(config.seed).spawn(len(groups))
+    points: dict[str, np.ndarray] = {}
+    samples: dict[str, np.ndarray] = {}
+    summaries, per_user, segment_users = [], {}, {}
+    keys: list[tuple[str, str]] = []
+    stats_seconds = boot_seconds = 0.0
+    for group, seed in zip(groups, seeds):
+        t0 = time.perf_counter()
+        users = np.unique(np.concatenate([f["user_id"].to_numpy() for f in group.values()]))
+        masks = segmenter.masks(users)
+        estimators = {}
+        for arm, frame in group.items():
+            pos = np.searchsorted(users, frame["user_id"].to_numpy())
+            labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy(np.float64)
+            est = estimators[arm] = ArmEstimator.build(metrics, pos, len(users), labels, scores, masks)
+            keys = est.keys
+            points[arm] = est(np.ones((1, len(users)), np.int32))[0]
+            per_user[arm] = est.per_user()
+            summaries.append(ArmSummary(arm, pred.sources[arm], int(frame["user_id"].nunique()), int(len(frame)),
+                                        int(labels.sum()), est.counted_users()))
+            for name, mask in masks.items():  # every arm of a group has predictions for all its users
+                segment_users.setdefault(name, {})[arm] = int(mask.sum())
+        t1 = time.perf_counter()
+        draws = bootstrap(list(estimators.values()), len(users), config.bootstrap, np.random.default_rng(seed),
+                          sum(e.bytes_per_resample for e in estimators.values()), progress,
+                          desc=f"bootstrap {'/'.join(group)}")
+        samples.update(zip(estimators, draws))
+        stats_seconds += t1 - t0
+        boot_seconds += time.perf_counter() - t1
+
+    shown = [name for name in ("all", *SEGMENTS) if name in segment_users and sum(segment_users[name].values())]
+    empty = [name for name in segment_users if name not in shown]
+    if empty:
+        warnings.append(f"segment(s) {', '.join(empty)} have no users under the rule ({segmenter.rule}) and are not shown")
+    columns = [i for i, (segment, _) in enumerate(keys) if segment in shown]
+    values = [MetricValue(arm, keys[i][0], keys[i][1], float(points[arm][i]),
+                          percentile_interval(samples[arm][:, i], config.confidence), segment_users[keys[i][0]][arm])
+              for arm in arms for i in columns]
+    lifts = [(t, i, lift(points[control][i], points[t][i], samples[control][:, i], samples[t][:, i], config.confidence))
+             for t in arms[1:] for i in columns]
+    adjusted = np.full(len(lifts), np.nan)
+    for family in (True, False):  # the overall comparisons, then the segment breakdown, each its own family
+        members = [j for j, (_, i, _) in enumerate(lifts) if (keys[i][0] == "all") == family]
+        adjusted[members] = adjust_p_values([lifts[j][2].p_value for j in members], config.correction)
+    alpha = 1 - config.confidence
+    by_name = {m.name: m for m in metrics}
+    comparisons = []
+    for (t, i, result), p_adj in zip(lifts, adjusted):
+        significant = bool(np.isfinite(p_adj) and p_adj < alpha)
+        up = result.abs_lift > 0
+        better = (up == by_name[keys[i][1]].higher_is_better) if significant else None
+        comparisons.append(Comparison(t, keys[i][0], keys[i][1], result, float(p_adj), significant, better))
+        if result.undefined > 0.01 * config.bootstrap:
+            warnings.append(f"{t} vs {control}, {keys[i][1]} ({keys[i][0]}): undefined in {result.undefined} of "
+                            f"{config.bootstrap} resamples (too few users with both classes or a positive); "
+                            "its interval uses the others")
+    seconds = {"checks": checked - started, "per_user_metrics": stats_seconds, "bootstrap": boot_seconds,
+               "total": time.perf_counter() - started}
+    log.info("evaluated %d arms in %.1f s (bootstrap %.1f s)", len(arms), seconds["total"], boot_seconds)
+    return AbResult(config, control, arms[1:], metrics, summaries, values, comparisons, segmenter.rule,
+                    {name: segment_users[name] for name in shown}, assignment, warnings, per_user,
+                    {k: round(v, 3) for k, v in seconds.items()})
