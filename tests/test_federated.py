@@ -126,6 +126,21 @@ def test_clients_upload_only_ids_deltas_and_counts():
     assert "label" not in str(upload) and "hist" not in str(upload)
 
 
+def test_upload_size_is_what_the_client_computation_returns(tff_runtime):
+    """The upload accounting equals the bytes of the tensors the client computation really returns."""
+    from recfl.federated.process import client_input, upload_bytes
+
+    comps = computations.build(SPEC, WORK)
+    params = init_params(SPEC, 1)
+    client = CLIENTS[1][0]
+    dense = collections.OrderedDict(zip(computations.dense_names(SPEC), params.dense))
+    out = tff_runtime.invoke(comps.client_work, (dense, client_input(client, params, (1, 2))))
+    arrays = [out["item"]["ids"], out["item"]["rows"], out["cat"]["ids"], out["cat"]["rows"], *out["dense"].values(),
+              out["examples"], out["loss"]]
+    assert sum(np.asarray(a).nbytes for a in arrays) == upload_bytes(client, SPEC)
+    assert len(out["item"]["ids"]) == len(client.submodel.item_rows)  # one row per touched id, not per vocabulary row
+
+
 def test_sampling_is_seeded_and_respects_availability():
     always = Availability()
     a = sample_clients(3, 100, 10, always, seed=1)
