@@ -161,6 +161,9 @@ def evaluate(pred: Predictions, control: str, config: AbConfig = AbConfig(), act
             raise RecflError(f"bucketed design: no predictions for the users assigned to {', '.join(map(repr, empty))}")
         groups = [{arm: assignment.frames[arm]} for arm in arms]
         srm = assignment.srm
+        lacking = {arm: n for arm, n in assignment.missing.items() if n}
+        if lacking and not srm.mismatch:
+            warnings.append(f"users hashed to an arm without predictions in it are not evaluated: {lacking}")
         if srm.mismatch:
             warnings.append(
                 f"SAMPLE RATIO MISMATCH: users per arm {srm.observed} differ from the designed split "
@@ -223,8 +226,7 @@ def evaluate(pred: Predictions, control: str, config: AbConfig = AbConfig(), act
     comparisons = []
     for (t, i, result), p_adj in zip(lifts, adjusted):
         significant = bool(np.isfinite(p_adj) and p_adj < alpha)
-        up = result.abs_lift > 0
-        better = (up == by_name[keys[i][1]].higher_is_better) if significant else None
+        better = bool((result.abs_lift > 0) == by_name[keys[i][1]].higher_is_better) if significant else None
         comparisons.append(Comparison(t, keys[i][0], keys[i][1], result, float(p_adj), significant, better))
         if result.undefined > 0.01 * config.bootstrap:
             warnings.append(f"{t} vs {control}, {keys[i][1]} ({keys[i][0]}): undefined in {result.undefined} of "

@@ -83,8 +83,9 @@ def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     if not pd.api.types.is_numeric_dtype(frame["score"]) or pd.api.types.is_bool_dtype(frame["score"]):
         raise RecflError(f"{source}: column score must be numeric (found {frame['score'].dtype})")
     arm = frame["arm"]
-    if arm.isna().any() or (arm.astype(str).str.strip() == "").any():
-        raise RecflError(f"{source}: {int((arm.isna() | (arm.astype(str).str.strip() == '')).sum())} rows without an arm name")
+    unnamed = arm.isna() | (arm.astype(str).str.strip() == "")
+    if unnamed.any():
+        raise RecflError(f"{source}: {int(unnamed.sum())} rows without an arm name")
     labels = pd.to_numeric(frame["label"], errors="coerce")
     bad = ~labels.isin([0, 1])
     if bad.any():

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ab_testing import plots
 from ab_testing.evaluate import AbResult, Comparison
 from recfl.dataset import write_json_atomic
@@ -209,7 +211,9 @@ def to_html(content: list) -> str:
 
 
 def _json_safe(value):
-    """NaN and infinities as null, so metrics.json is strict JSON."""
+    """NaN and infinities as null and numpy scalars as Python ones, so metrics.json is strict, typed JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

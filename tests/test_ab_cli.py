@@ -45,13 +45,14 @@ def test_paired_report_with_segments_is_complete_and_self_contained(tmp_path, fi
     assert sum(doc["segments"]["users"][s]["better"] for s in ("cold", "warm", "hot")) == 500
     assert len(doc["comparisons"]) == 2 * 6 * 4 and len(doc["values"]) == 3 * 6 * 4
     auc_lift = next(c for c in doc["comparisons"] if (c["treatment"], c["metric"], c["segment"]) == ("better", "auc", "all"))
-    assert auc_lift["abs_ci"][0] > 0 and auc_lift["significant"] and auc_lift["better"]
+    assert auc_lift["abs_ci"][0] > 0 and auc_lift["significant"] is True and auc_lift["better"] is True
 
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing outside the file
     markdown = (out / "report.md").read_text()
     for text in ("# A/B report: better, same vs control control", "**paired**", "## Verdict", "## Segments",
+                 "- **better** vs control: better on auc (+", "- **same** vs control: no significant difference on auc",
                  "cold < ", "| better | auc |", "![metric per arm with intervals](plots/metrics.png)"):
         assert text in markdown, text
     assert all((out / "plots" / f).read_bytes().startswith(b"\x89PNG") for f in ("metrics.png", "lifts.png", "per_user.png"))
