@@ -48,12 +48,15 @@ def test_default_toml_documents_the_real_defaults():
     from ab_testing.evaluate import AbConfig
     from cloud_pool.matching import MatchConfig
     from cloud_pool.pool import PoolConfig
+    from device.sample_filter import FilterConfig
+    from device.tflite_trainer import FinetuneConfig
     from recfl.dataset import DataConfig
     from recfl.federated.simulate import FederatedConfig
     from recfl.formats import SyntheticSpec
 
     doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
     sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
-                "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig, "ab": AbConfig}
+                "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig, "ab": AbConfig,
+                "filter": FilterConfig, "finetune": FinetuneConfig}
     for name, cls in sections.items():
         assert config.section(cls, doc, name) == cls(), name

@@ -1,0 +1,358 @@
+"""Personalize the global model on each device user and score the user's test events (one arm per run).
+
+Arms: ``cloud`` scores with the global model unchanged; ``local`` fine-tunes
+on the user's own training events; ``coda-nofilter`` adds every matched
+cloud sample; ``coda`` adds only the samples the LightGBM filter keeps.
+
+Per device (:func:`run_device`): the user's training events are encoded with
+their own earlier positives as history, test events with history frozen at
+the split. Candidate samples are encoded on the cloud side with their
+**pool owner's** history (the owner's earlier positives in the pool), the
+same way the cloud model saw them in training. The submodel covers the rows
+of local training events, kept candidates and the events to score (a device
+needs the rows of what it ranks); when it would not fit the fixed device
+capacity, the least similar candidates are dropped first. The latest
+``val_fraction`` of the user's training events is the early-stopping slice;
+the rest plus the candidates are the fine-tuning set. The personalized
+weights are saved to a checkpoint file per device, restored, and the test
+events scored in the interpreter.
+
+Work is spread over ``workers`` spawned processes. The ``.tflite`` is
+converted (or found in the cache) once, in the parent, before any worker
+starts; workers only load it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from device.sample_filter import FALLBACK, FilterConfig, ItemKnowledge, filter_candidates
+from device.tflite_trainer import DeviceTrainer, FinetuneConfig, conversions, export, finetune
+from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.errors import RecflError
+from recfl.features import Encoder, Examples
+from recfl.metrics import ctr_metrics
+from recfl.model import ModelParams, ModelSpec, load_model, predict
+from recfl.schema import predictions_table
+from recfl.submodel import Submodel
+
+log = logging.getLogger(__name__)
+
+ARMS = ("cloud", "local", "coda-nofilter", "coda")
+CHUNK_USERS = 256  # users whose tasks are built at once (bounds the parent's memory)
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceTask:
+    """What one device holds (its own events) and downloads (candidates with cloud-computed features)."""
+
+    user_id: int
+    local: pd.DataFrame  # the user's training events; never leave the device
+    test: pd.DataFrame  # events to score
+    candidates: pd.DataFrame  # matched pool samples: canonical columns (+ similarity), row-aligned with candidate_examples
+    candidate_examples: Examples
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceContext:
+    """Per-process state shared by every device a worker simulates."""
+
+    arm: str
+    data: PreparedDataset
+    spec: ModelSpec
+    params: ModelParams
+    trainer: DeviceTrainer
+    encode: Encoder
+    filter_config: FilterConfig
+    finetune_config: FinetuneConfig
+    device_dir: Path
+
+    @property
+    def knowledge(self) -> ItemKnowledge:
+        return ItemKnowledge(self.data.item_vocab, self.data.category_vocab, self.params.item_emb)
+
+
+def validation_split(n: int, fraction: float) -> int:
+    """How many of ``n`` time-ordered training events (the latest) form the validation slice."""
+    return 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
+
+
+def capacity_prefix(base: Submodel, candidates: Examples, capacity: tuple[int, int]) -> int:
+    """How many leading ``candidates`` fit beside ``base``'s rows within ``capacity`` rows per table."""
+    fits = np.full(len(candidates), True)
+    for held, values, cap in ((base.item_rows, np.column_stack([candidates.item, candidates.hist]), capacity[0]),
+                              (base.cat_rows, candidates.cats, capacity[1])):
+        if len(held) > cap:
+            raise RecflError(f"a device needs {len(held)} rows for its own events but the capacity is {cap}; "
+                             "raise finetune.item_capacity / finetune.category_capacity")
+        owner = np.repeat(np.arange(len(candidates)), values.shape[1])
+        flat = values.ravel()
+        new = ~np.isin(flat, held)
+        _, first = np.unique(flat[new], return_index=True)
+        added = np.cumsum(np.bincount(owner[new][first], minlength=len(candidates)))
+        fits &= len(held) + added <= cap
+    return int(np.argmin(fits)) if not fits.all() else len(candidates)
+
+
+def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict]:
+    """Filter (coda), build the submodel, fine-tune in TFLite, save the device model, score the test events."""
+    started = time.perf_counter()
+    cfg = ctx.finetune_config
+    local = task.local.sort_values(["timestamp", "event_id"], kind="stable")
+    local_ex = ctx.encode(local, local)
+    test_ex = ctx.encode(task.test, local)
+    report: dict = {"user_id": task.user_id, "arm": ctx.arm, "local_events": len(local), "test_events": len(task.test)}
+
+    candidates, cand_ex = task.candidates, task.candidate_examples
+    if ctx.arm == "local":
+        candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
+    if ctx.arm == "coda":
+        result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config)
+        report.update(result.report())
+        candidates, cand_ex = candidates[result.keep], cand_ex.take(result.keep)
+    else:
+        report.update(candidates=len(candidates), kept=len(candidates))
+    order = np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable") if len(candidates) else []
+    cand_ex = cand_ex.take(order)
+    base = Submodel.covering(local_ex, test_ex)
+    fit_n = capacity_prefix(base, cand_ex, (cfg.item_capacity, cfg.category_capacity))
+    cand_ex = cand_ex.take(slice(0, fit_n))
+    sub = Submodel.covering(local_ex, test_ex, cand_ex)
+    report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, item_rows=sub.sizes[0],
+                  category_rows=sub.sizes[1], submodel_bytes=sub.payload_bytes(ctx.params),
+                  candidate_bytes=int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label"))))
+
+    n_val = validation_split(len(local_ex), cfg.val_fraction)
+    fit = Examples.concat([sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)])
+    val = sub.localize(local_ex.take(slice(len(local_ex) - n_val, None)))
+    ctx.trainer.set_params(sub.extract(ctx.params, (cfg.item_capacity, cfg.category_capacity)))
+    rng = np.random.default_rng([cfg.seed, task.user_id])
+    tuned = finetune(ctx.trainer, fit, val, cfg, rng)
+    checkpoint = ctx.device_dir / f"{task.user_id}.ckpt"
+    ctx.trainer.save(checkpoint)  # the personalized model stays on the device
+    np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", item_rows=sub.item_rows, cat_rows=sub.cat_rows)
+    ctx.trainer.restore(checkpoint)
+    scores = ctx.trainer.predict(sub.localize(test_ex))
+    report.update(fit_events=len(fit), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
+                  steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),
+                  val_loss_best=min(tuned.val_losses) if tuned.val_losses else float("nan"),
+                  finetune_seconds=round(tuned.seconds, 4), seconds=round(time.perf_counter() - started, 4))
+    return predictions_table(task.test, scores, ctx.arm), report
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process needs to build its :class:`DeviceContext` (picklable paths and configs)."""
+
+    arm: str
+    data_dir: Path
+    model_dir: Path
+    tflite_path: Path
+    filter_config: FilterConfig
+    finetune_config: FinetuneConfig
+    device_dir: Path
+
+    def context(self) -> DeviceContext:
+        spec, params = load_model(self.model_dir)
+        cfg = self.finetune_config
+        trainer = DeviceTrainer(self.tflite_path, spec.with_rows(cfg.item_capacity, cfg.category_capacity))
+        data = PreparedDataset(self.data_dir)
+        return DeviceContext(self.arm, data, spec, params, trainer, _encoder(data, spec), self.filter_config, cfg,
+                             self.device_dir)
+
+
+_CONTEXT: DeviceContext | None = None
+
+
+def _init_worker(settings: WorkerSettings) -> None:
+    global _CONTEXT
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _CONTEXT = settings.context()
+
+
+def _work(task: DeviceTask) -> tuple[pd.DataFrame, dict]:
+    return run_device(task, _CONTEXT)
+
+
+def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, pool_dir: Path | None = None,
+                candidates_dir: Path | None = None, users: int | None = None, workers: int = 1,
+                filter_config: FilterConfig = FilterConfig(), finetune_config: FinetuneConfig = FinetuneConfig(),
+                match_doc: dict | None = None, cache_dir: Path | None = None, progress: bool = True) -> dict:
+    """Run ``arm`` for each device user and write their scored test events to ``out`` (Parquet).
+
+    Writes ``out`` plus ``<out stem>.devices/`` (a checkpoint and row map per
+    device, and ``users.parquet``: one report row per user). Returns a summary.
+    """
+    started = time.perf_counter()
+    if arm not in ARMS:
+        raise RecflError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+    if workers < 1:
+        raise RecflError(f"--workers must be at least 1, got {workers}")
+    if arm in ("coda-nofilter", "coda") and pool_dir is None:
+        raise RecflError(f"--arm {arm} needs --pool POOLDIR (the cloud pool the candidates come from)")
+    spec, params = load_model(model_dir)
+    if (spec.item_rows, spec.category_rows) != (data.item_vocab.size, data.category_vocab.size):
+        raise RecflError(f"{model_dir}: model tables ({spec.item_rows}, {spec.category_rows}) do not match the "
+                         f"vocabularies of {data.root} ({data.item_vocab.size}, {data.category_vocab.size})")
+    selected = _device_users(data, pool_dir, users)
+    out = Path(out)
+    device_dir = out.with_name(out.stem + ".devices")
+    device_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"arm": arm, "users": int(len(selected)), "predictions": str(out), "device_dir": str(device_dir)}
+
+    if arm == "cloud":
+        test = data.test[data.test["user_id"].isin(selected)]
+        examples = _encoder(data, spec)(test, data.train)
+        frames, reports = [predictions_table(test, predict(spec, params, examples.inputs()), arm)], []
+    else:
+        cache_dir = Path(cache_dir) if cache_dir is not None else Path(model_dir) / "tflite"
+        capacity_spec = spec.with_rows(finetune_config.item_capacity, finetune_config.category_capacity)
+        before = len(conversions(cache_dir))
+        tflite_path = export(capacity_spec, cache_dir)
+        summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
+                       tflite_conversions=len(conversions(cache_dir)) - before)
+        settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
+        tasks = _tasks(data, spec, selected, arm, pool_dir, candidates_dir, match_doc)
+        frames, reports = [], []
+        with tqdm(total=len(selected), desc=f"personalize {arm}", unit="user", disable=not progress) as bar:
+            for frame, report in _run_all(tasks, settings, workers):
+                frames.append(frame)
+                reports.append(report)
+                bar.update(1)
+
+    predictions = pd.concat(frames, ignore_index=True) if frames else predictions_table(data.test.iloc[:0], np.zeros(0), arm)
+    predictions = predictions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    _write_parquet(predictions, out)
+    if reports:
+        per_user = pd.DataFrame(reports).sort_values("user_id").reset_index(drop=True)
+        _write_parquet(per_user, device_dir / "users.parquet")
+        summary["devices"] = _summarize(per_user)
+    summary["metrics"] = ctr_metrics(predictions["user_id"].to_numpy(), predictions["label"].to_numpy(),
+                                     predictions["score"].to_numpy())
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(device_dir / "summary.json", summary)
+    return summary
+
+
+def _run_all(tasks, settings: WorkerSettings, workers: int):
+    """``run_device`` over ``tasks``: in this process, or in ``workers`` spawned processes with at most
+    two tasks per worker in flight (tasks are built lazily; a dead worker fails the run instead of hanging)."""
+    if workers == 1:
+        ctx = settings.context()
+        yield from (run_device(task, ctx) for task in tasks)
+        return
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(settings,)) as executor:
+        pending = set()
+        for task in tasks:
+            pending.add(executor.submit(_work, task))
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        for future in as_completed(pending):
+            yield future.result()
+
+
+def _device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None) -> np.ndarray:
+    """Device users with test events (all users without a pool), sorted; the first ``users`` of them."""
+    with_test = np.unique(data.test["user_id"].to_numpy(np.int64))
+    if pool_dir is not None:
+        from cloud_pool.pool import load_split
+
+        with_test = np.intersect1d(with_test, load_split(pool_dir).device_users)
+    if users is not None:
+        if users < 1:
+            raise RecflError(f"--users must be at least 1, got {users}")
+        with_test = with_test[:users]
+    if not len(with_test):
+        raise RecflError(f"{data.root}: no device users with test events")
+    return with_test
+
+
+def _tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: str, pool_dir: Path | None,
+           candidates_dir: Path | None, match_doc: dict | None):
+    """One :class:`DeviceTask` per user, built lazily in chunks of users (the cloud side's work)."""
+    needs_candidates = arm in ("coda-nofilter", "coda")
+    pool = None
+    if needs_candidates:
+        from cloud_pool.pool import open_store
+
+        with open_store(pool_dir) as store:
+            pool = store.read()
+    train = data.train[data.train["user_id"].isin(users)]
+    test = data.test[data.test["user_id"].isin(users)]
+    by_user_train = dict(tuple(train.groupby("user_id", sort=False)))
+    by_user_test = dict(tuple(test.groupby("user_id", sort=False)))
+    empty = data.train.iloc[:0]
+    encode = _encoder(data, spec)
+    for lo in range(0, len(users), CHUNK_USERS):
+        chunk = users[lo : lo + CHUNK_USERS]
+        candidates = _candidates(data, pool_dir, candidates_dir, chunk, match_doc) if needs_candidates else None
+        if candidates is not None:
+            examples = encode(candidates, pool)
+            groups = candidates.groupby("target_user_id", sort=False).indices
+        for user in chunk.tolist():
+            if candidates is not None and user in groups:
+                rows = groups[user]
+                cands, cand_ex = candidates.iloc[rows].reset_index(drop=True), examples.take(rows)
+            else:
+                cands = empty.assign(similarity=np.zeros(0), target_user_id=np.zeros(0, np.int64))
+                cand_ex = _no_examples(spec)
+            yield DeviceTask(user, by_user_train.get(user, empty), by_user_test[user], cands, cand_ex)
+
+
+def _encoder(data: PreparedDataset, spec: ModelSpec) -> Encoder:
+    return Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)
+
+
+def _no_examples(spec: ModelSpec) -> Examples:
+    return Examples(np.zeros(0, np.int32), np.zeros((0, spec.max_categories), np.int32), np.zeros((0, spec.history), np.int32),
+                    np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def _candidates(data: PreparedDataset, pool_dir: Path, candidates_dir: Path | None, users: np.ndarray,
+                match_doc: dict | None) -> pd.DataFrame:
+    """The matched candidates of ``users``: read from ``candidates_dir``, or matched now against the pool."""
+    if candidates_dir is not None:
+        from cloud_pool.matching import read_candidates
+
+        return read_candidates(candidates_dir, users=users).reset_index(drop=True)
+    from cloud_pool.matching import MatchConfig, match_candidates
+    from recfl import config
+
+    matchable = np.intersect1d(users, data.train["user_id"].to_numpy(np.int64))  # a profile needs training events
+    return match_candidates(pool_dir, data, config.section(MatchConfig, match_doc or {}, "matching"), users=matchable).reset_index(drop=True)
+
+
+def _summarize(per_user: pd.DataFrame) -> dict:
+    """Medians and counts over devices (fine-tuning and, for coda, the filter)."""
+    out = {"median_finetune_seconds": float(per_user["finetune_seconds"].median()),
+           "median_epochs": float(per_user["epochs"].median()),
+           "users_keeping_global_weights": int((per_user["best_epoch"] == 0).sum()),
+           "median_submodel_bytes": float(per_user["submodel_bytes"].median()),
+           "median_candidates": float(per_user["candidates"].median()),
+           "median_trained_candidates": float(per_user["trained_candidates"].median()),
+           "trimmed_candidates": int(per_user["trimmed"].sum())}
+    if "filter_path" in per_user:
+        classified = per_user["filter_path"] == "classifier"
+        out.update(filter_fallback_users=int((per_user["filter_path"] == FALLBACK).sum()),
+                   median_kept_fraction=float(per_user["kept_fraction"].median()),
+                   median_filter_auc=float(per_user.loc[classified, "filter_auc"].median()) if classified.any() else float("nan"))
+    return out
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""``recfl personalize`` end to end on a small synthetic pool, for every arm."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloud_pool.matching import MatchConfig, write_candidates
+from device.personalize import ARMS, capacity_prefix
+from device.tflite_trainer import conversions
+from recfl.cli import main
+from recfl.features import Examples
+from recfl.model import ModelConfig
+from recfl.schema import PREDICTION_COLUMNS
+from recfl.submodel import Submodel
+from recfl.train import TrainConfig, train_cloud_model
+
+USERS = 5
+FAST = ["--set", "finetune.max_epochs=2", "--set", "filter.rounds=10"]
+
+
+@pytest.fixture(scope="module")
+def setup(small_pool, tmp_path_factory):
+    """The pool's global model (trained on sharing users only) and the device users' candidates."""
+    root = tmp_path_factory.mktemp("personalize")
+    train_cloud_model(small_pool.data, root / "model", ModelConfig(embed_dim=8, hidden=(16,)), TrainConfig(epochs=1),
+                      progress=False, train_users=small_pool.split.sharing_users, test_users=small_pool.split.device_users)
+    write_candidates(small_pool.pool_dir, small_pool.data, root / "cands", MatchConfig(budget_multiplier=3, min_budget=20),
+                     progress=False)
+    return small_pool, root
+
+
+def _run(setup, arm, out, *extra):
+    pool, root = setup
+    args = ["personalize", "--data", str(pool.data.root), "--model", str(root / "model"), "--arm", arm, "--out", str(out),
+            "--pool", str(pool.pool_dir), "--candidates", str(root / "cands"), "--users", str(USERS), *FAST, *extra]
+    return main(args)
+
+
+def test_every_arm_end_to_end(setup, tmp_path, capsys):
+    pool, root = setup
+    device_users = np.sort(pool.split.device_users)
+    test = pool.data.test
+    expected = test[test["user_id"].isin(np.intersect1d(device_users, test["user_id"].unique())[:USERS])]
+    scores = {}
+    for arm in ARMS:
+        assert _run(setup, arm, tmp_path / f"{arm}.parquet") == 0
+        summary = json.loads(capsys.readouterr().out)
+        pred = pd.read_parquet(tmp_path / f"{arm}.parquet")
+        assert list(pred.columns) == list(PREDICTION_COLUMNS) and (pred["arm"] == arm).all()
+        assert len(pred) == len(expected) and set(pred["user_id"]) == set(expected["user_id"])
+        assert pred["score"].between(0, 1).all() and summary["users"] == USERS
+        scores[arm] = pred["score"].to_numpy()
+        if arm == "cloud":
+            continue
+        devices = tmp_path / f"{arm}.devices"
+        assert sorted(p.name for p in devices.glob("*.ckpt")) == sorted(f"{u}.ckpt" for u in expected["user_id"].unique())
+        report = pd.read_parquet(devices / "users.parquet")
+        assert len(report) == USERS and (report["arm"] == arm).all()
+        if arm == "local":
+            assert (report["trained_candidates"] == 0).all()
+        if arm == "coda-nofilter":
+            assert (report["trained_candidates"] == report["candidates"]).all() and (report["candidates"] > 0).all()
+        if arm == "coda":
+            assert set(report["filter_path"]) <= {"classifier", "fallback"}
+            assert (report["kept"] < report["candidates"]).all() and report["kept_fraction"].between(0, 1).all()
+            assert "filter_auc" in report
+    # the .tflite was converted by the first device arm only, and reused by the others
+    assert len(conversions(root / "model" / "tflite")) == 1
+    assert not np.allclose(scores["cloud"], scores["coda-nofilter"])
+
+
+def test_untrained_device_model_scores_like_the_cloud_model(setup, tmp_path, capsys):
+    """Submodel extraction + TFLite inference reproduce the global model when nothing is trained."""
+    assert _run(setup, "cloud", tmp_path / "cloud.parquet") == 0
+    assert _run(setup, "local", tmp_path / "local.parquet", "--set", "finetune.max_epochs=0") == 0
+    capsys.readouterr()
+    cloud, local = (pd.read_parquet(tmp_path / f"{a}.parquet") for a in ("cloud", "local"))
+    np.testing.assert_allclose(local["score"], cloud["score"], atol=1e-5)
+
+
+def test_workers_give_the_same_result_without_converting(setup, tmp_path, capsys):
+    assert _run(setup, "coda", tmp_path / "one.parquet") == 0
+    capsys.readouterr()
+    assert _run(setup, "coda", tmp_path / "two.parquet", "--workers", "2") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tflite_conversions"] == 0
+    one, two = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_tiny_users_take_the_fallback_end_to_end(setup, tmp_path, capsys):
+    assert _run(setup, "coda", tmp_path / "p.parquet", "--set", "filter.min_local=100000") == 0
+    capsys.readouterr()
+    report = pd.read_parquet(tmp_path / "p.devices" / "users.parquet")
+    assert (report["filter_path"] == "fallback").all() and report["filter_auc"].isna().all()
+    np.testing.assert_array_equal(report["kept"], np.ceil(0.5 * report["candidates"]).astype(int))
+
+
+def test_user_mistakes_are_one_line_errors(setup, tmp_path, capsys):
+    pool, root = setup
+    code = main(["personalize", "--data", str(pool.data.root), "--model", str(root / "model"), "--arm", "coda",
+                 "--out", str(tmp_path / "p.parquet")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "needs --pool" in err
+    code = main(["personalize", "--data", str(pool.data.root), "--model", str(tmp_path), "--arm", "local",
+                 "--out", str(tmp_path / "p.parquet")])
+    assert code == 2 and "not a recfl model directory" in capsys.readouterr().err
+
+
+def test_capacity_keeps_the_leading_candidates_that_fit():
+    def ex(items, hist, cats=None):
+        n = len(items)
+        cats = np.full((n, 1), 2, np.int32) if cats is None else np.array(cats, np.int32).reshape(n, 1)
+        return Examples(np.array(items, np.int32), cats, np.array(hist, np.int32).reshape(n, -1),
+                        np.zeros(n, np.float32), np.zeros(n, np.int64), np.zeros(n, np.int64))
+
+    base = Submodel.covering(ex([2, 3], [[0], [2]]))  # item rows 0, 1, 2, 3
+    cands = ex([3, 4, 5, 4, 6], [[2], [0], [4], [5], [7]])  # new rows: -, 4, 5, -, 6 7
+    assert capacity_prefix(base, cands, (5, 8)) == 2  # 4 rows + {4}; the third adds 5
+    assert capacity_prefix(base, cands, (7, 8)) == 4  # the fourth adds nothing; the fifth adds 6 and 7
+    assert capacity_prefix(base, cands, (8, 8)) == 5
+    recats = ex([3, 4, 5, 4, 6], [[2], [0], [4], [5], [7]], cats=[2, 2, 3, 4, 3])
+    assert capacity_prefix(base, recats, (8, 4)) == 3  # category rows 0, 1, 2 + {3} fit 4; the fourth adds 4
+    with pytest.raises(Exception, match="capacity"):
+        capacity_prefix(base, cands, (3, 8))
