@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "recfl.commands.bench",
     "cloud_pool.cli",
     "ab_testing.cli",
+    "streaming.cli",
     "device.cli",
 )
 

@@ -53,10 +53,12 @@ def test_default_toml_documents_the_real_defaults():
     from recfl.dataset import DataConfig
     from recfl.federated.simulate import FederatedConfig
     from recfl.formats import SyntheticSpec
+    from streaming.settings import StreamConfig
 
     doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
     sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
                 "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig, "ab": AbConfig,
-                "filter": FilterConfig, "finetune": FinetuneConfig}
+                "filter": FilterConfig, "finetune": FinetuneConfig,
+                "streaming": StreamConfig}
     for name, cls in sections.items():
         assert config.section(cls, doc, name) == cls(), name

@@ -66,27 +66,37 @@ def load_100k(path: str | Path) -> SourceData:
     """Read ``u.data`` (user, item, rating, ts; tab-separated) and ``u.item`` (latin-1, 19 genre flags)."""
     root = _directory(Path(path), "u.data and u.item")
     data_file = require_file(root / "u.data", "MovieLens 100K ratings u.data")
+    genres_of = genres_100k(root)
+    ratings = read_delimited(data_file, "\t", ["user", "item", "rating", "timestamp"], ["user", "item", "rating", "timestamp"])
+    return _finish("movielens-100k", root, _events(ratings, data_file, genres_of), genres_of)
+
+
+def genres_100k(root: Path) -> dict[int, np.ndarray]:
+    """Genre ids of each movie in ``u.item`` (latin-1, 19 genre flags)."""
     item_file = require_file(root / "u.item", "MovieLens 100K movies u.item")
     names = ["item", "title", "release", "video_release", "url"] + [f"g{i}" for i in range(len(GENRES))]
     movies = read_delimited(item_file, "|", names, ["item"] + names[5:], encoding="latin-1")
     flags = movies[names[5:]].to_numpy() > 0
-    genres_of = {int(i): np.flatnonzero(f).astype(np.int64) for i, f in zip(integral(movies, "item", item_file), flags)}
-    ratings = read_delimited(data_file, "\t", ["user", "item", "rating", "timestamp"], ["user", "item", "rating", "timestamp"])
-    return _finish("movielens-100k", root, _events(ratings, data_file, genres_of), genres_of)
+    return {int(i): np.flatnonzero(f).astype(np.int64) for i, f in zip(integral(movies, "item", item_file), flags)}
 
 
 def load_1m(path: str | Path) -> SourceData:
     """Read ``ratings.dat`` and ``movies.dat`` (``::``-separated, latin-1)."""
     root = _directory(Path(path), "ratings.dat and movies.dat")
     data_file = require_file(root / "ratings.dat", "MovieLens 1M ratings.dat")
+    genres_of = genres_1m(root)
+    ratings = _read_double_colon(data_file, ["user", "item", "rating", "timestamp"], ["user", "item", "rating", "timestamp"])
+    return _finish("movielens-1m", root, _events(ratings, data_file, genres_of), genres_of)
+
+
+def genres_1m(root: Path) -> dict[int, np.ndarray]:
+    """Genre ids of each movie in ``movies.dat`` (``|``-separated genre names)."""
     movie_file = require_file(root / "movies.dat", "MovieLens 1M movies.dat")
     movies = _read_double_colon(movie_file, ["item", "title", "genres"], ["item"])
-    genres_of = {
+    return {
         int(i): np.array([_GENRE_ID.get(g, stable_id(g)) for g in text.split("|") if g], dtype=np.int64)
         for i, text in zip(integral(movies, "item", movie_file), movies["genres"])
     }
-    ratings = _read_double_colon(data_file, ["user", "item", "rating", "timestamp"], ["user", "item", "rating", "timestamp"])
-    return _finish("movielens-1m", root, _events(ratings, data_file, genres_of), genres_of)
 
 
 def _read_double_colon(path: Path, names: list[str], numeric: list[str]) -> pd.DataFrame:
