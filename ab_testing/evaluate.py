@@ -150,41 +150,72 @@ def evaluate(pred: Predictions, control: str, config: AbConfig = AbConfig(), act
     check_scores(pred, any(m.needs_probabilities for m in metrics))
     check_duplicates(pred)
     warnings: list[str] = []
-    assignment = None
-    if config.design == "paired":
-        check_paired(pred, control)
-        groups = [{arm: pred.of(arm) for arm in arms}]
-    else:
-        assignment = assign(pred, arms, config.salt, config.buckets, config.srm_alpha)
-        empty = [arm for arm in arms if not len(assignment.frames[arm])]
-        if empty:
-            raise RecflError(f"bucketed design: no predictions for the users assigned to {', '.join(map(repr, empty))}")
-        groups = [{arm: assignment.frames[arm]} for arm in arms]
-        srm = assignment.srm
-        lacking = {arm: n for arm, n in assignment.missing.items() if n}
-        if lacking and not srm.mismatch:
-            warnings.append(f"users hashed to an arm without predictions in it are not evaluated: {lacking}")
-        if srm.mismatch:
-            warnings.append(
-                f"SAMPLE RATIO MISMATCH: users per arm {srm.observed} differ from the designed split "
-                f"{ {a: round(e, 1) for a, e in srm.expected.items()} } (chi-square {srm.chi2:.1f}, p = {srm.p_value:.2g} "
-                f"< {srm.alpha}); some arms lack predictions for their users {assignment.missing}, so the arms no "
-                "longer compare like with like: find the cause before trusting any lift")
+    groups, assignment = _groups(pred, arms, config, warnings)
     checked = time.perf_counter()
-
-    evaluated_users = np.unique(np.concatenate([f["user_id"].to_numpy() for g in groups for f in g.values()]))
-    segmenter = Segmenter.fit(evaluated_users, activity, tuple(config.segment_bounds))
-    if activity is not None and segmenter.unknown(evaluated_users):
-        warnings.append(f"{segmenter.unknown(evaluated_users)} evaluated users are not in the users file; "
+    evaluated = np.unique(np.concatenate([f["user_id"].to_numpy() for g in groups for f in g.values()]))
+    segmenter = Segmenter.fit(evaluated, activity, tuple(config.segment_bounds))
+    if activity is not None and segmenter.unknown(evaluated):
+        warnings.append(f"{segmenter.unknown(evaluated)} evaluated users are not in the users file; "
                         "they count as users with 0 training events (cold)")
-    seeds = np.random.SeedSequence(config.seed).spawn(len(groups))
-    points: dict[str, np.ndarray] = {}
-    samples: dict[str, np.ndarray] = {}
-    summaries, per_user, segment_users = [], {}, {}
-    keys: list[tuple[str, str]] = []
-    stats_seconds = boot_seconds = 0.0
-    for group, seed in zip(groups, seeds):
-        t0 = time.perf_counter()
+    m = _measure(groups, pred, metrics, segmenter, config, progress)
+    shown = [name for name in ("all", *SEGMENTS) if name in m.segment_users and sum(m.segment_users[name].values())]
+    empty = [name for name in m.segment_users if name not in shown]
+    if empty:
+        warnings.append(f"segment(s) {', '.join(empty)} have no users under the rule ({segmenter.rule}) and are not shown")
+    columns = [i for i, (segment, _) in enumerate(m.keys) if segment in shown]
+    values = [MetricValue(arm, m.keys[i][0], m.keys[i][1], float(m.points[arm][i]),
+                          percentile_interval(m.samples[arm][:, i], config.confidence), m.segment_users[m.keys[i][0]][arm])
+              for arm in arms for i in columns]
+    comparisons = _compare(arms, metrics, m, columns, config, warnings)
+    seconds = {"checks": checked - started, **m.seconds, "total": time.perf_counter() - started}
+    log.info("evaluated %d arms in %.1f s (bootstrap %.1f s)", len(arms), seconds["total"], seconds["bootstrap"])
+    return AbResult(config, control, arms[1:], metrics, m.summaries, values, comparisons, segmenter.rule,
+                    {name: m.segment_users[name] for name in shown}, assignment, warnings, m.per_user,
+                    {k: round(v, 3) for k, v in seconds.items()})
+
+
+def _groups(pred: Predictions, arms: tuple[str, ...], config: AbConfig,
+            warnings: list[str]) -> tuple[list[dict[str, pd.DataFrame]], Assignment | None]:
+    """The arms' rows in resampling groups: one group of all arms (paired) or one group per arm (bucketed)."""
+    if config.design == "paired":
+        check_paired(pred, arms[0])
+        return [{arm: pred.of(arm) for arm in arms}], None
+    assignment = assign(pred, arms, config.salt, config.buckets, config.srm_alpha)
+    empty = [arm for arm in arms if not len(assignment.frames[arm])]
+    if empty:
+        raise RecflError(f"bucketed design: no predictions for the users assigned to {', '.join(map(repr, empty))}")
+    srm = assignment.srm
+    lacking = {arm: n for arm, n in assignment.missing.items() if n}
+    if srm.mismatch:
+        warnings.append(
+            f"SAMPLE RATIO MISMATCH: users per arm {srm.observed} differ from the designed split "
+            f"{ {a: round(e, 1) for a, e in srm.expected.items()} } (chi-square {srm.chi2:.1f}, p = {srm.p_value:.2g} "
+            f"< {srm.alpha}); some arms lack predictions for their users {assignment.missing}, so the arms no "
+            "longer compare like with like: find the cause before trusting any lift")
+    elif lacking:
+        warnings.append(f"users hashed to an arm without predictions in it are not evaluated: {lacking}")
+    return [{arm: assignment.frames[arm]} for arm in arms], assignment
+
+
+@dataclass
+class _Measured:
+    """Point values and bootstrap draws of every arm, keyed like ``keys`` ((segment, metric) per column)."""
+
+    keys: list[tuple[str, str]]
+    points: dict[str, np.ndarray]
+    samples: dict[str, np.ndarray]
+    summaries: list[ArmSummary]
+    per_user: dict[str, dict[str, np.ndarray]]
+    segment_users: dict[str, dict[str, int]]
+    seconds: dict[str, float]
+
+
+def _measure(groups: list[dict[str, pd.DataFrame]], pred: Predictions, metrics: tuple[Metric, ...],
+             segmenter: Segmenter, config: AbConfig, progress: bool) -> _Measured:
+    """Per-user metric parts of each arm, its point values, and the bootstrap draws of each group."""
+    m = _Measured([], {}, {}, [], {}, {}, {"per_user_metrics": 0.0, "bootstrap": 0.0})
+    for group, seed in zip(groups, np.random.SeedSequence(config.seed).spawn(len(groups))):
+        started = time.perf_counter()
         users = np.unique(np.concatenate([f["user_id"].to_numpy() for f in group.values()]))
         masks = segmenter.masks(users)
         estimators = {}
@@ -192,49 +223,42 @@ def evaluate(pred: Predictions, control: str, config: AbConfig = AbConfig(), act
             pos = np.searchsorted(users, frame["user_id"].to_numpy())
             labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy(np.float64)
             est = estimators[arm] = ArmEstimator.build(metrics, pos, len(users), labels, scores, masks)
-            keys = est.keys
-            points[arm] = est(np.ones((1, len(users)), np.int32))[0]
-            per_user[arm] = est.per_user()
-            summaries.append(ArmSummary(arm, pred.sources[arm], int(frame["user_id"].nunique()), int(len(frame)),
-                                        int(labels.sum()), est.counted_users()))
+            m.keys = est.keys
+            m.points[arm] = est(np.ones((1, len(users)), np.int32))[0]
+            m.per_user[arm] = est.per_user()
+            m.summaries.append(ArmSummary(arm, pred.sources[arm], int(frame["user_id"].nunique()), int(len(frame)),
+                                          int(labels.sum()), est.counted_users()))
             for name, mask in masks.items():  # every arm of a group has predictions for all its users
-                segment_users.setdefault(name, {})[arm] = int(mask.sum())
-        t1 = time.perf_counter()
+                m.segment_users.setdefault(name, {})[arm] = int(mask.sum())
+        drawn = time.perf_counter()
         draws = bootstrap(list(estimators.values()), len(users), config.bootstrap, np.random.default_rng(seed),
                           sum(e.bytes_per_resample for e in estimators.values()), progress,
                           desc=f"bootstrap {'/'.join(group)}")
-        samples.update(zip(estimators, draws))
-        stats_seconds += t1 - t0
-        boot_seconds += time.perf_counter() - t1
+        m.samples.update(zip(estimators, draws))
+        m.seconds["per_user_metrics"] += drawn - started
+        m.seconds["bootstrap"] += time.perf_counter() - drawn
+    return m
 
-    shown = [name for name in ("all", *SEGMENTS) if name in segment_users and sum(segment_users[name].values())]
-    empty = [name for name in segment_users if name not in shown]
-    if empty:
-        warnings.append(f"segment(s) {', '.join(empty)} have no users under the rule ({segmenter.rule}) and are not shown")
-    columns = [i for i, (segment, _) in enumerate(keys) if segment in shown]
-    values = [MetricValue(arm, keys[i][0], keys[i][1], float(points[arm][i]),
-                          percentile_interval(samples[arm][:, i], config.confidence), segment_users[keys[i][0]][arm])
-              for arm in arms for i in columns]
-    lifts = [(t, i, lift(points[control][i], points[t][i], samples[control][:, i], samples[t][:, i], config.confidence))
-             for t in arms[1:] for i in columns]
+
+def _compare(arms: tuple[str, ...], metrics: tuple[Metric, ...], m: _Measured, columns: list[int], config: AbConfig,
+             warnings: list[str]) -> list[Comparison]:
+    """Every treatment against the control on every shown (segment, metric), with corrected p-values."""
+    control = arms[0]
+    lifts = [(t, i, lift(m.points[control][i], m.points[t][i], m.samples[control][:, i], m.samples[t][:, i],
+                         config.confidence)) for t in arms[1:] for i in columns]
     adjusted = np.full(len(lifts), np.nan)
-    for family in (True, False):  # the overall comparisons, then the segment breakdown, each its own family
-        members = [j for j, (_, i, _) in enumerate(lifts) if (keys[i][0] == "all") == family]
+    for overall in (True, False):  # the overall comparisons, then the segment breakdown, each its own family
+        members = [j for j, (_, i, _) in enumerate(lifts) if (m.keys[i][0] == "all") == overall]
         adjusted[members] = adjust_p_values([lifts[j][2].p_value for j in members], config.correction)
-    alpha = 1 - config.confidence
-    by_name = {m.name: m for m in metrics}
+    by_name = {metric.name: metric for metric in metrics}
     comparisons = []
     for (t, i, result), p_adj in zip(lifts, adjusted):
-        significant = bool(np.isfinite(p_adj) and p_adj < alpha)
-        better = bool((result.abs_lift > 0) == by_name[keys[i][1]].higher_is_better) if significant else None
-        comparisons.append(Comparison(t, keys[i][0], keys[i][1], result, float(p_adj), significant, better))
+        segment, name = m.keys[i]
+        significant = bool(np.isfinite(p_adj) and p_adj < 1 - config.confidence)
+        better = bool((result.abs_lift > 0) == by_name[name].higher_is_better) if significant else None
+        comparisons.append(Comparison(t, segment, name, result, float(p_adj), significant, better))
         if result.undefined > 0.01 * config.bootstrap:
-            warnings.append(f"{t} vs {control}, {keys[i][1]} ({keys[i][0]}): undefined in {result.undefined} of "
+            warnings.append(f"{t} vs {control}, {name} ({segment}): undefined in {result.undefined} of "
                             f"{config.bootstrap} resamples (too few users with both classes or a positive); "
                             "its interval uses the others")
-    seconds = {"checks": checked - started, "per_user_metrics": stats_seconds, "bootstrap": boot_seconds,
-               "total": time.perf_counter() - started}
-    log.info("evaluated %d arms in %.1f s (bootstrap %.1f s)", len(arms), seconds["total"], boot_seconds)
-    return AbResult(config, control, arms[1:], metrics, summaries, values, comparisons, segmenter.rule,
-                    {name: segment_users[name] for name in shown}, assignment, warnings, per_user,
-                    {k: round(v, 3) for k, v in seconds.items()})
+    return comparisons

@@ -136,10 +136,6 @@ class AucResampler:
         self.tied, self.tied_below, self.tied_upto = tied, self.below[tied], upto[tied]
         self.max_user_negatives = int(np.bincount(self.neg_users).max(initial=0)) if len(self.neg_users) else 0
 
-    @property
-    def events(self) -> int:
-        return len(self.neg_users) + len(self.pos_users)
-
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """AUC per row of ``counts`` (``[R, n_users]`` integer weights); NaN where a class has no weight.
 
@@ -176,12 +172,11 @@ class ArmEstimator:
     :class:`AucResampler` per segment.
     """
 
-    metrics: tuple[Metric, ...]
-    keys: list[tuple[str, str]]
-    num: np.ndarray
-    den: np.ndarray
-    auc_columns: list[tuple[int, AucResampler]]
-    ratio_columns: np.ndarray
+    keys: list[tuple[str, str]]  # (segment, metric) of each output column
+    num: np.ndarray  # [n_users, ratio columns] per-user numerators, zero outside the column's segment
+    den: np.ndarray  # [n_users, ratio columns] per-user denominators
+    auc_columns: list[tuple[int, AucResampler]]  # output column of each segment's global AUC
+    ratio_columns: np.ndarray  # output column of each num/den column
 
     @classmethod
     def build(cls, metrics: tuple[Metric, ...], user_pos: np.ndarray, n_users: int, labels: np.ndarray,
@@ -199,7 +194,7 @@ class ArmEstimator:
                     dens.append(den[:, j] * mask)
                 keys.append((segment, m.name))
         stack = (lambda cols: np.stack(cols, axis=1) if cols else np.zeros((n_users, 0)))
-        return cls(metrics, keys, stack(nums), stack(dens), auc_columns, np.asarray(ratio_columns, np.intp))
+        return cls(keys, stack(nums), stack(dens), auc_columns, np.asarray(ratio_columns, np.intp))
 
     @property
     def bytes_per_resample(self) -> int:

@@ -3,11 +3,13 @@
 Users, not events, are the unit of resampling: a user's events are correlated,
 and users are what an online experiment randomizes. A resample draws the n
 users with replacement; it is represented by how often each user is drawn
-(multinomial counts), so every metric of every arm is computed for a block of
-resamples with matrix products (see :mod:`ab_testing.metrics`), never with a
-Python loop per resample. In the paired design all arms share the same counts
-(the difference is resampled jointly, which removes the between-user
-variance); in the bucketed design each arm's users are resampled on their own.
+(multinomial counts), so the per-user metrics of every arm and segment are
+computed for a block of resamples with one matrix product, and global AUC
+with a few vectorized passes over the sorted events per resample (see
+:mod:`ab_testing.metrics`); nothing is regrouped per resample. In the paired
+design all arms share the same counts (the difference is resampled jointly,
+which removes the between-user variance); in the bucketed design each arm's
+users are resampled on their own.
 """
 
 from __future__ import annotations

@@ -63,4 +63,4 @@ def test_bucketed_interval_covers_the_true_difference_at_the_nominal_rate():
 @pytest.mark.heavy
 def test_coverage_holds_with_more_repetitions():
     rates = coverage("paired", users=1000, reps=1000)
-    assert all(0.93 <= r <= 0.97 for r in rates.values()), rates
+    assert all(0.925 <= r <= 0.975 for r in rates.values()), rates
