@@ -116,21 +116,20 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     candidates, cand_ex = task.candidates, task.candidate_examples
     if ctx.arm == "local":
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
+    report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
     if ctx.arm == "coda":
-        result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config)
+        result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config, local_ex.hist, cand_ex.hist)
         report.update(result.report())
         candidates, cand_ex = candidates[result.keep], cand_ex.take(result.keep)
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
-    order = np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable") if len(candidates) else []
-    cand_ex = cand_ex.take(order)
+    cand_ex = cand_ex.take(np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable"))
     base = Submodel.covering(local_ex, test_ex)
     fit_n = capacity_prefix(base, cand_ex, (cfg.item_capacity, cfg.category_capacity))
     cand_ex = cand_ex.take(slice(0, fit_n))
     sub = Submodel.covering(local_ex, test_ex, cand_ex)
     report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, item_rows=sub.sizes[0],
-                  category_rows=sub.sizes[1], submodel_bytes=sub.payload_bytes(ctx.params),
-                  candidate_bytes=int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label"))))
+                  category_rows=sub.sizes[1], submodel_bytes=sub.payload_bytes(ctx.params))
 
     n_val = validation_split(len(local_ex), cfg.val_fraction)
     fit = Examples.concat([sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)])
@@ -222,7 +221,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
-        tasks = _tasks(data, spec, selected, arm, pool_dir, candidates_dir, match_doc)
+        tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates_dir, match_doc)
         frames, reports = [], []
         with tqdm(total=len(selected), desc=f"personalize {arm}", unit="user", disable=not progress) as bar:
             for frame, report in _run_all(tasks, settings, workers):
@@ -279,7 +278,7 @@ def _device_users(data: PreparedDataset, pool_dir: Path | None, users: int | Non
     return with_test
 
 
-def _tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: str, pool_dir: Path | None,
+def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: str, pool_dir: Path | None,
            candidates_dir: Path | None, match_doc: dict | None):
     """One :class:`DeviceTask` per user, built lazily in chunks of users (the cloud side's work)."""
     needs_candidates = arm in ("coda-nofilter", "coda")

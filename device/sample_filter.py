@@ -12,8 +12,9 @@ to equal total weight, so a score of 0.5 means "as likely local as not".
 
 Features (``features``, any of :data:`FEATURES`): item, category and
 behaviour (categorical; ids as vocabulary rows), hour of day, day of week,
-label, item popularity (log training count) and the cloud model's item
-embedding. The default leaves out the time and behaviour context: on
+label, item popularity (log training count), the cloud model's item
+embedding, and ``history``: the mean cloud embedding of the sample's
+clicked-history items (whose context the sample comes from). The default leaves out the time and behaviour context: on
 MovieLens the timestamp is when a rating was typed, and those features
 identify the user's rating sessions (out-of-fold AUC 1.0) instead of what
 the samples are about.
@@ -40,7 +41,7 @@ from recfl.vocab import Vocabulary
 
 CLASSIFIER, FALLBACK, NO_CANDIDATES = "classifier", "fallback", "no_candidates"
 CATEGORICAL = ("item", "category", "behavior")
-FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "embedding")
+FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "embedding", "history")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class ItemKnowledge:
 
     item_vocab: Vocabulary
     category_vocab: Vocabulary
-    item_embeddings: np.ndarray | None = None  # [item rows, d], row-aligned with item_vocab
+    item_embeddings: np.ndarray  # [item rows, d]: the cloud model's item table
 
     def popularity(self, rows: np.ndarray) -> np.ndarray:
         """log(1 + training count) of each item row (PAD/OOV count 0)."""
@@ -106,9 +107,11 @@ class FilterResult:
                 "filter_auc": self.auc, "filter_path": self.path, "filter_seconds": round(self.seconds, 4)}
 
 
-def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index) -> np.ndarray:
-    """The classifier's feature matrix of canonical events: the ``names`` columns in :data:`FEATURES` order
-    (categorical codes first), then the item embedding if asked for."""
+def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index,
+             history: np.ndarray | None = None) -> np.ndarray:
+    """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
+    order (categorical codes first), then the item embedding and the history embedding if asked for.
+    ``history`` holds each event's clicked-history item rows (``Examples.hist``)."""
     rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
     ts = events["timestamp"].to_numpy(np.int64)
     column = {
@@ -120,10 +123,16 @@ def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...],
         "label": lambda: events["label"].to_numpy(np.float64),
         "popularity": lambda: items.popularity(rows),
     }
-    scalars = [column[name]() for name in FEATURES if name in names and name != "embedding"]
+    scalars = [column[name]() for name in FEATURES if name in names and name in column]
     matrix = np.column_stack(scalars).astype(np.float64) if scalars else np.zeros((len(events), 0))
-    if "embedding" in names and items.item_embeddings is not None:
+    if "embedding" in names:
         matrix = np.hstack([matrix, items.item_embeddings[rows].astype(np.float64)])
+    if "history" in names:
+        if history is None:
+            raise ValueError("the history feature needs the samples' history rows")
+        mask = (history != 0)[..., None]
+        total = (items.item_embeddings[history] * mask).sum(axis=1)
+        matrix = np.hstack([matrix, total / np.maximum(mask.sum(axis=1), 1)])
     return matrix
 
 
@@ -158,8 +167,12 @@ def keep_top(values: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: ItemKnowledge,
-                      config: FilterConfig = FilterConfig()) -> FilterResult:
-    """Score ``candidates`` out of fold against the user's ``local`` training events and apply the keep rule."""
+                      config: FilterConfig = FilterConfig(), local_history: np.ndarray | None = None,
+                      candidate_history: np.ndarray | None = None) -> FilterResult:
+    """Score ``candidates`` out of fold against the user's ``local`` training events and apply the keep rule.
+
+    ``*_history`` are the samples' history item rows, needed by the ``history`` feature only.
+    """
     started = time.perf_counter()
     n_local, n_cand = len(local), len(candidates)
     none = np.full(n_cand, -1, dtype=np.int64)
@@ -175,8 +188,8 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
                             time.perf_counter() - started)
 
     behaviors = pd.Index(sorted(set(_behavior(local)) | set(_behavior(candidates))))
-    x_local = features(local, items, config.features, behaviors)
-    x_cand = features(candidates, items, config.features, behaviors)
+    x_local = features(local, items, config.features, behaviors, local_history)
+    x_cand = features(candidates, items, config.features, behaviors, candidate_history)
     rng = np.random.default_rng(config.seed)
     local_fold, cand_fold = assign_folds(n_local, config.folds, rng), assign_folds(n_cand, config.folds, rng)
     score, local_score = np.empty(n_cand), np.empty(n_local)

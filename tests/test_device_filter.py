@@ -78,6 +78,22 @@ def test_threshold_rule_and_determinism():
     np.testing.assert_array_equal(first.fold, again.fold)
 
 
+def test_history_feature_tells_apart_samples_from_other_contexts():
+    """Candidates clicked after other histories than the user's: the history embedding separates them."""
+    rng = np.random.default_rng(5)
+    pools = (np.arange(0, 300), np.arange(0, 10))
+    local, cands = _events(rng, 80, *pools), _events(rng, 200, *pools, user=2)
+    local_hist = rng.integers(2, 50, (80, 6)).astype(np.int32)  # the user's own clicks
+    cand_hist = np.where(np.arange(200)[:, None] < 100, rng.integers(2, 50, (200, 6)), rng.integers(200, 203, (200, 6)))
+    config = FilterConfig(features=("item", "history"))
+    result = filter_candidates(local, cands, KNOWLEDGE, config, local_hist, cand_hist.astype(np.int32))
+    assert result.keep[:100].mean() > 0.8 and result.keep[100:].mean() < 0.2
+    without = filter_candidates(local, cands, KNOWLEDGE, FilterConfig(features=("item",)))
+    assert abs(without.auc - 0.5) < abs(result.auc - 0.5)
+    with pytest.raises(ValueError, match="history rows"):
+        filter_candidates(local, cands, KNOWLEDGE, config)
+
+
 def test_tiny_users_take_the_fallback_path():
     rng = np.random.default_rng(4)
     local = _events(rng, 4, np.arange(0, 50), np.arange(0, 3))
