@@ -60,13 +60,13 @@ def _settings(args, **explicit):
 
 
 @contextmanager
-def _stop_on_signals(stop: Callable[[], None]):
-    """The first SIGINT/SIGTERM asks for a graceful stop; a second one acts as usual (interrupts at once)."""
+def _stop_on_signals(stop: Callable[[], None], doing: str):
+    """The first SIGINT/SIGTERM calls ``stop`` (a graceful stop); a second one acts as usual (interrupts at once)."""
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.getsignal(sig) for sig in signals}
 
     def handler(signum, _frame):
-        log.info("%s: finishing the current batch (send it again to stop at once)", signal.Signals(signum).name)
+        log.info("%s: %s (send it again to stop at once)", signal.Signals(signum).name, doing)
         for sig, old in previous.items():
             signal.signal(sig, old)
         stop()
@@ -92,7 +92,7 @@ def _broker(args) -> int:
     try:
         print_json({"bootstrap_servers": broker.bootstrap_servers, "pid": broker.process.pid})
         sys.stdout.flush()
-        with _stop_on_signals(stopping.set):
+        with _stop_on_signals(stopping.set, "stopping the broker"):
             while not stopping.wait(0.5):
                 if broker.process.poll() is not None:
                     raise RecflError(f"broker exited with code {broker.process.returncode}")
@@ -129,7 +129,7 @@ def _consume(args) -> int:
         raise RecflError(f"--idle-timeout must be positive, got {args.idle_timeout:g}")
     _doc, settings = _settings(args, group=args.group, dead_letter_topic=args.dead_letter_topic)
     consumer = StreamConsumer(settings, args.pool)
-    with _stop_on_signals(consumer.stop):
+    with _stop_on_signals(consumer.stop, "finishing the current batch"):
         stats = consumer.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     print_json({"topic": settings.topic, "group": settings.group, "dead_letter_topic": settings.dead_letters,
                 "pool": args.pool, **stats.report()})

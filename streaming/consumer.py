@@ -57,11 +57,13 @@ class ConsumeStats:
     first_record_at: float | None = None
     last_durable_at: float | None = None
     latencies_ms: deque = field(default_factory=deque)
+    _latency_count: int = 0
 
     def record_latencies(self, values: np.ndarray) -> None:
         self.latencies_ms.append(values)
-        while sum(len(v) for v in self.latencies_ms) > _LATENCY_SAMPLES and len(self.latencies_ms) > 1:
-            self.latencies_ms.popleft()
+        self._latency_count += len(values)
+        while self._latency_count > _LATENCY_SAMPLES and len(self.latencies_ms) > 1:
+            self._latency_count -= len(self.latencies_ms.popleft())
 
     @property
     def events_per_s(self) -> float:
@@ -166,7 +168,7 @@ class StreamConsumer:
         delay = s.backoff_s
         while not self._stop.is_set():
             try:
-                ensure_topic(s, s.dead_letters, 1)
+                self._ensure_dead_letter_topic()
                 self._dlq = KafkaProducer(**s.client_kwargs(), acks="all", linger_ms=5)
                 self._consumer = KafkaConsumer(**s.client_kwargs(), **s.group_kwargs())
                 self._consumer.subscribe([s.topic], listener=_Rebalance(self))
@@ -182,6 +184,14 @@ class StreamConsumer:
                 self._stop.wait(delay)
                 delay = min(delay * 2, s.backoff_max_s)
         return False
+
+    def _ensure_dead_letter_topic(self) -> None:
+        try:
+            ensure_topic(self.settings, self.settings.dead_letters, 1)
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False):
+                raise
+            log.warning("cannot create the dead-letter topic %s (%s); assuming it exists", self.settings.dead_letters, exc)
 
     def _loop(self, max_events: int | None, idle_timeout_s: float | None) -> None:
         s = self.settings

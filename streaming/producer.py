@@ -12,6 +12,7 @@ load agree; the tests hold the two side by side.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -173,13 +174,20 @@ def replay_messages(fmt: str, path: str | Path | None, synthetic: SyntheticSpec 
             messages.append((None, {"schema": SCHEMA_VERSION, "source": fmt, "line": n, "raw": text}))
         else:
             row["event_id"] = next(ids)
-            messages.append((str(row["user_id"]).encode(), _event(row, fmt, n)))
+            key = None if row["user_id"] is None else str(row["user_id"]).encode()
+            messages.append((key, _event(row, fmt, n)))
     return messages
 
 
 def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with 1-based numbers; undecodable bytes become escapes, never an error."""
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    """Non-blank lines (of a ``.gz`` file too) with 1-based numbers; undecodable bytes become escapes, never an error."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise RecflError(f"{path}: not a readable gzip file ({exc})") from None
+    for n, raw in enumerate(data.split(b"\n"), start=1):
         text = raw.rstrip(b"\r").decode(encoding, "backslashreplace")
         if text.strip():
             yield n, text

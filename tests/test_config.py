@@ -51,6 +51,7 @@ def test_default_toml_documents_the_real_defaults():
     from device.sample_filter import FilterConfig
     from device.tflite_trainer import FinetuneConfig
     from recfl.dataset import DataConfig
+    from recfl.pipeline import RunConfig
     from recfl.federated.simulate import FederatedConfig
     from recfl.formats import SyntheticSpec
     from streaming.settings import StreamConfig

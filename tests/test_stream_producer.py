@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pandas as pd
 import pytest
 
 from conftest import shared
 from recfl.errors import RecflError
 from recfl.formats import SyntheticSpec, load
-from recfl.schema import EVENT_COLUMNS, conform
+from recfl.schema import EVENT_COLUMNS, conform, stable_id
 from streaming.events import InvalidEvent, decode, encode
 from streaming.producer import replay_messages
 from streaming.settings import StreamConfig
@@ -62,14 +64,16 @@ def test_dirty_rows_become_events_that_fail_validation(tmp_path):
 
 
 def test_amazon_lines_that_are_not_reviews(tmp_path):
-    path = tmp_path / "reviews.json"
-    path.write_text('{"reviewerID": "A", "asin": "B", "overall": 5.0, "unixReviewTime": 1390000000}\n'
+    path = tmp_path / "reviews.json.gz"
+    path.write_bytes(gzip.compress('{"reviewerID": "A", "asin": "B", "overall": 5.0, "unixReviewTime": 1390000000}\n'
                     '{"reviewerID": "A", "asin": "C", "overall": "great", "unixReviewTime": 1390000001}\n'
-                    '{"reviewerID": "A", "asin": "D", "overall": 2}\n[1]\nnot json\n')
-    valid, invalid = split(replay_messages("amazon-5core", path))
+                    '{"reviewerID": "A", "asin": "D", "overall": 2}\n[1]\nnot json\n'.encode()))
+    messages = replay_messages("amazon-5core", path)
+    valid, invalid = split(messages)
     assert len(valid) == 1 and valid["label"].iat[0] == 1
     assert {code: len(events) for code, events in invalid.items()} == {
         "unknown_behavior": 1, "missing_field": 3}
+    assert [key for key, _ in messages] == [str(stable_id("A")).encode()] * 3 + [None, None]
 
 
 def test_synthetic_replay_is_the_generated_table():
