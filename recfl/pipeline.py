@@ -1,10 +1,15 @@
-"""``recfl run``: the stages end to end, each skipped when its outputs are current.
+"""``recfl run``: every stage end to end, each skipped when its outputs are current.
 
-Every stage writes under ``OUT/<stage>/`` and finishes by writing
-``OUT/<stage>/stage.json`` with a fingerprint of its configuration and of
-the stages it depends on. A rerun skips a stage whose fingerprint matches,
-so a crashed run resumes where it stopped and a changed setting reruns
-exactly the stages downstream of it.
+Stages (each writes under ``OUT/<stage>/``)::
+
+    data -> pool -> cloud_model -> fedsubavg, fedavg -> candidates
+         -> arm-cloud, arm-fedavg, arm-fedsubavg, arm-local, arm-coda-nofilter, arm-coda -> ab
+
+Every stage finishes by writing ``OUT/<stage>/stage.json`` with a
+fingerprint of the settings it reads and of the stages it depends on. A
+rerun skips a stage whose fingerprint matches, so a crashed run resumes where
+it stopped (the federated stages also resume from their last round), and a
+changed setting reruns exactly the stages downstream of it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from recfl import config
@@ -26,6 +31,19 @@ from recfl.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
+CONTROL = "cloud"
+PERSONALIZED = ("local", "coda-nofilter", "coda")
+GLOBAL = ("fedavg", "fedsubavg")
+ARMS = (CONTROL, *GLOBAL, *PERSONALIZED)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The ``[run]`` config section: sizes of the end-to-end pipeline."""
+
+    device_users: int = 200  # personalize and evaluate the first N device users by id (0 = all)
+    workers: int = 2  # parallel device processes during personalization
+
 
 @dataclass
 class RunContext:
@@ -36,8 +54,19 @@ class RunContext:
     data_dir: Path | None = None
     results: dict[str, dict] = field(default_factory=dict)
 
-    def stage_dir(self, name: str) -> Path:
-        return self.out / name
+    def section(self, cls, name: str):
+        return config.section(cls, self.doc, name)
+
+    def table(self, cls, name: str) -> dict:
+        return config.as_table(self.section(cls, name))
+
+    @property
+    def data(self) -> PreparedDataset:
+        return PreparedDataset(self.results["data"]["data_dir"])
+
+    @property
+    def run(self) -> RunConfig:
+        return self.section(RunConfig, "run")
 
 
 @dataclass(frozen=True)
@@ -54,58 +83,180 @@ def _fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# --- data, pool, cloud model -------------------------------------------------------------------------
+
 def _data_settings(ctx: RunContext) -> dict:
     if ctx.data_dir is not None:
-        return {"prepared": str(ctx.data_dir.resolve()), "manifest": PreparedDataset(ctx.data_dir).manifest.get("created_utc")}
-    return {"data": config.as_table(config.section(DataConfig, ctx.doc, "data")),
-            "synthetic": config.as_table(config.section(SyntheticSpec, ctx.doc, "synthetic"))}
+        return {"prepared": str(ctx.data_dir.resolve()), "created": PreparedDataset(ctx.data_dir).manifest.get("created_utc")}
+    return {"data": ctx.table(DataConfig, "data"), "synthetic": ctx.table(SyntheticSpec, "synthetic")}
 
 
 def _data_run(ctx: RunContext, out: Path) -> dict:
-    if ctx.data_dir is not None:
-        return {"data_dir": str(ctx.data_dir), **PreparedDataset(ctx.data_dir).manifest["train"]}
-    data = prepare_from_config(config.section(DataConfig, ctx.doc, "data"), ctx.doc, out)
-    return {"data_dir": str(out), "train": data.manifest["train"], "test": data.manifest["test"]}
+    data = PreparedDataset(ctx.data_dir) if ctx.data_dir is not None else prepare_from_config(ctx.section(DataConfig, "data"), ctx.doc, out)
+    return {"data_dir": str(data.root), "source": data.manifest["source"], "train": data.manifest["train"], "test": data.manifest["test"]}
+
+
+def _pool_settings(ctx: RunContext) -> dict:
+    from cloud_pool.pool import PoolConfig
+
+    return {"pool": ctx.table(PoolConfig, "pool")}
+
+
+def _pool_run(ctx: RunContext, out: Path) -> dict:
+    from cloud_pool.pool import PoolConfig, build_pool, pool_summary
+
+    cfg = ctx.section(PoolConfig, "pool")
+    build_pool(ctx.data, out, cfg.share_fraction, cfg.salt)
+    return {"pool_dir": str(out), **pool_summary(out)}
+
+
+def _split(ctx: RunContext):
+    from cloud_pool.pool import load_split
+
+    return load_split(ctx.results["pool"]["pool_dir"])
 
 
 def _cloud_settings(ctx: RunContext) -> dict:
-    return {"model": config.as_table(config.section(ModelConfig, ctx.doc, "model")),
-            "train": config.as_table(config.section(TrainConfig, ctx.doc, "train"))}
+    return {"model": ctx.table(ModelConfig, "model"), "train": ctx.table(TrainConfig, "train")}
 
 
 def _cloud_run(ctx: RunContext, out: Path) -> dict:
     from recfl.train import train_cloud_model
 
-    data = PreparedDataset(ctx.results["data"]["data_dir"])
-    report = train_cloud_model(data, out, config.section(ModelConfig, ctx.doc, "model"), config.section(TrainConfig, ctx.doc, "train"))
-    return {"model_dir": str(out), "test": report["model"], "popularity_baseline": report["popularity_baseline"]}
+    split = _split(ctx)
+    report = train_cloud_model(ctx.data, out, ctx.section(ModelConfig, "model"), ctx.section(TrainConfig, "train"),
+                               train_users=split.sharing_users, test_users=split.device_users)
+    return {"model_dir": str(out), "trained_on_users": len(split.sharing_users), "device_test": report["model"],
+            "popularity_baseline": report["popularity_baseline"]}
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("data", _data_settings, _data_run),
-    Stage("cloud_model", _cloud_settings, _cloud_run, depends=("data",)),
-)
+# --- federated rounds on the device users --------------------------------------------------------------
+
+def _federated_stage(algorithm: str) -> Stage:
+    from recfl.federated.simulate import FederatedConfig
+
+    def settings(ctx: RunContext) -> dict:
+        return {"federated": {**ctx.table(FederatedConfig, "federated"), "algorithm": algorithm}}
+
+    def run(ctx: RunContext, out: Path) -> dict:
+        from recfl.federated.simulate import simulate
+
+        fed = replace(ctx.section(FederatedConfig, "federated"), algorithm=algorithm)
+        return simulate(ctx.data, out, fed, ctx.section(ModelConfig, "model"), init=Path(ctx.results["cloud_model"]["model_dir"]),
+                        resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users)
+
+    return Stage(algorithm, settings, run, depends=("cloud_model",))
 
 
-def run(out: Path, doc: dict, data_dir: Path | None = None, stages: tuple[Stage, ...] = STAGES) -> dict:
+# --- matching and the arms -----------------------------------------------------------------------------
+
+def _candidates_settings(ctx: RunContext) -> dict:
+    from cloud_pool.matching import MatchConfig
+
+    return {"matching": ctx.table(MatchConfig, "matching")}
+
+
+def _candidates_run(ctx: RunContext, out: Path) -> dict:
+    from cloud_pool.matching import MatchConfig, read_candidates, write_candidates
+
+    write_candidates(ctx.results["pool"]["pool_dir"], ctx.data, out, ctx.section(MatchConfig, "matching"))
+    candidates = read_candidates(out)
+    return {"candidates_dir": str(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
+
+
+def _arm_stage(arm: str) -> Stage:
+    from device.sample_filter import FilterConfig
+    from device.tflite_trainer import FinetuneConfig
+
+    model_stage = arm if arm in GLOBAL else "cloud_model"
+    depends = (model_stage, "candidates") if arm in ("coda", "coda-nofilter") else (model_stage,)
+
+    def settings(ctx: RunContext) -> dict:
+        out = {"run": ctx.table(RunConfig, "run")}
+        if arm in PERSONALIZED:
+            out.update(filter=ctx.table(FilterConfig, "filter"), finetune=ctx.table(FinetuneConfig, "finetune"))
+        return out
+
+    def run(ctx: RunContext, out: Path) -> dict:
+        from device.personalize import personalize
+
+        model_dir = Path(ctx.results[model_stage]["model_dir"])
+        predictions = out / f"{arm}.parquet"
+        summary = personalize(
+            ctx.data, model_dir, arm if arm in PERSONALIZED else CONTROL, predictions,
+            pool_dir=Path(ctx.results["pool"]["pool_dir"]),
+            candidates_dir=Path(ctx.results["candidates"]["candidates_dir"]) if "candidates" in depends else None,
+            users=ctx.run.device_users or None, workers=ctx.run.workers,
+            filter_config=ctx.section(FilterConfig, "filter"), finetune_config=ctx.section(FinetuneConfig, "finetune"),
+            match_doc=ctx.doc, cache_dir=ctx.out / "tflite",
+        )
+        if arm in GLOBAL:  # a global model scored unchanged: the file carries the algorithm's name as its arm
+            import pandas as pd
+
+            table = pd.read_parquet(predictions)
+            table["arm"] = arm
+            table.to_parquet(predictions, index=False)
+        return {"predictions": str(predictions), "users": summary["users"], "metrics": summary["metrics"],
+                **({"devices": summary["devices"]} if "devices" in summary else {})}
+
+    return Stage(f"arm-{arm}", settings, run, depends=depends)
+
+
+def _ab_settings(ctx: RunContext) -> dict:
+    from ab_testing.evaluate import AbConfig
+
+    return {"ab": ctx.table(AbConfig, "ab")}
+
+
+def _ab_run(ctx: RunContext, out: Path) -> dict:
+    from ab_testing.evaluate import AbConfig, evaluate
+    from ab_testing.predictions import read_predictions
+    from ab_testing.report import write_report
+
+    cfg = ctx.section(AbConfig, "ab")
+    cfg.check()
+    files = [ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS]
+    activity = ctx.data.train["user_id"].value_counts().rename("train_events")
+    result = evaluate(read_predictions(files), CONTROL, cfg, activity, progress=True)
+    paths = write_report(result, out)
+    headline = {v.arm: {"value": v.value, "ci": list(v.ci)} for v in result.values if v.segment == "all" and v.metric == "gauc"}
+    return {**paths, "gauc": headline, "warnings": result.warnings}
+
+
+def stages() -> tuple[Stage, ...]:
+    """The pipeline in dependency order."""
+    return (
+        Stage("data", _data_settings, _data_run),
+        Stage("pool", _pool_settings, _pool_run, depends=("data",)),
+        Stage("cloud_model", _cloud_settings, _cloud_run, depends=("pool",)),
+        _federated_stage("fedsubavg"),
+        _federated_stage("fedavg"),
+        Stage("candidates", _candidates_settings, _candidates_run, depends=("pool",)),
+        *(_arm_stage(arm) for arm in ARMS),
+        Stage("ab", _ab_settings, _ab_run, depends=tuple(f"arm-{arm}" for arm in ARMS)),
+    )
+
+
+def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, ...] | None = None) -> dict:
     """Run (or skip) every stage in order; returns ``{stage: summary}`` and writes ``OUT/run.json``."""
     ctx = RunContext(Path(out), doc, Path(data_dir) if data_dir else None)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    pipeline = only or stages()
     fingerprints: dict[str, str] = {}
-    for number, stage in enumerate(stages, start=1):
+    for number, stage in enumerate(pipeline, start=1):
         fingerprint = _fingerprint({"settings": stage.settings(ctx), "upstream": [fingerprints[d] for d in stage.depends]})
-        marker = ctx.stage_dir(stage.name) / "stage.json"
+        marker = ctx.out / stage.name / "stage.json"
         done = json.loads(marker.read_text()) if marker.is_file() else None
-        label = f"[{number}/{len(stages)}] {stage.name}"
+        label = f"[{number}/{len(pipeline)}] {stage.name}"
         if done and done.get("fingerprint") == fingerprint:
             log.info("%s: up to date, skipped", label)
             ctx.results[stage.name] = done["result"]
         else:
             log.info("%s: running", label)
             started = time.time()
-            ctx.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
+            marker.parent.mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)
-            result = stage.run(ctx, ctx.stage_dir(stage.name))
+            result = stage.run(ctx, marker.parent)
             write_json_atomic(marker, {"fingerprint": fingerprint, "result": result, "seconds": round(time.time() - started, 2)})
             ctx.results[stage.name] = result
             log.info("%s: done in %.1fs", label, time.time() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from recfl.cli import add_config_args
@@ -20,15 +21,20 @@ def register(commands) -> None:
 
 def _run(args) -> int:
     from recfl import config
-    from recfl.pipeline import check_source_args, run
+    from recfl.pipeline import ARMS, CONTROL, check_source_args, run
 
     check_source_args(args.data, args.format, args.path)
     overrides = list(args.overrides)
     if args.format:
-        overrides += [f"data.format={args.format}"] + ([f"data.path={args.path!r}"] if args.path else [])
+        overrides += [f"data.format={args.format}"] + ([f"data.path={json.dumps(args.path)}"] if args.path else [])
     results = run(Path(args.out), config.load(args.config, overrides), data_dir=args.data)
-    cloud = results["cloud_model"]
-    print(f"cloud model test AUC {cloud['test']['auc']:.4f}, gAUC {cloud['test']['gauc']:.4f} "
-          f"(popularity baseline AUC {cloud['popularity_baseline']['auc']:.4f})")
+    ab = results["ab"]
+    print(f"gAUC on the device users' test events (95% bootstrap interval over users), control = {CONTROL}:")
+    for arm in ARMS:
+        value = ab["gauc"][arm]
+        print(f"  {arm:<14} {value['value']:.4f}  [{value['ci'][0]:.4f}, {value['ci'][1]:.4f}]")
+    for warning in ab["warnings"]:
+        print(f"  warning: {warning}")
+    print(f"report: {Path(ab['report.html']).resolve()}")
     print(f"outputs: {Path(args.out).resolve()} (run.json lists every stage's results)")
     return 0
