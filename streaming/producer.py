@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,6 @@ from streaming.events import SCHEMA_VERSION, encode
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic
 
-log = logging.getLogger(__name__)
 Message = tuple[bytes | None, dict]  # (key, event)
 Row = dict | None  # parsed fields of one line, None when the line has the wrong shape
 _EVENT_FIELDS = ("user_id", "item_id", "category_id", "label", "timestamp", "behavior")

@@ -125,9 +125,9 @@ def test_two_consumers_split_four_partitions_and_hand_over_cleanly(kafka_broker,
     messages = replay_messages("synthetic", None, SyntheticSpec(users=400, items=2000, days=1, seed=5))
     first = consumer_processes(bootstrap, topic, pool)
     first.wait_for_log("partitions assigned: [0, 1, 2, 3]")
-    replay = threading.Thread(target=produce, args=(messages, settings, topic), kwargs={"rate": 1500}, daemon=True)
+    replay = threading.Thread(target=produce, args=(messages, settings, topic), kwargs={"rate": 1200}, daemon=True)
     replay.start()
-    wait_for_pool(pool, len(messages) // 4, first)
+    wait_for_pool(pool, len(messages) // 8, first)
     second = consumer_processes(bootstrap, topic, pool)
     second.wait_for_log("partitions assigned: [")
     assert replay.is_alive(), "the replay ended before the second member joined"
