@@ -188,7 +188,7 @@ def _arm_stage(arm: str) -> Stage:
             candidates_dir=Path(ctx.results["candidates"]["candidates_dir"]) if "candidates" in depends else None,
             users=ctx.run.device_users or None, workers=ctx.run.workers,
             filter_config=ctx.section(FilterConfig, "filter"), finetune_config=ctx.section(FinetuneConfig, "finetune"),
-            match_doc=ctx.doc, cache_dir=ctx.out / "tflite",
+            cache_dir=ctx.out / "tflite",
         )
         if arm in GLOBAL:  # a global model scored unchanged: the file carries the algorithm's name as its arm
             import pandas as pd
