@@ -51,6 +51,7 @@ class PoolStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._orphans_checked = False
 
     def close(self) -> None:
         self._db.close()
@@ -70,7 +71,9 @@ class PoolStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._remove_orphans()
+            if not self._orphans_checked:  # once per opening: a long stream must not rescan every file per batch
+                self._remove_orphans()
+                self._orphans_checked = True
             db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (event_id TEXT PRIMARY KEY)")
             db.execute("DELETE FROM incoming")
             db.executemany("INSERT INTO incoming VALUES (?)", ((e,) for e in unique["event_id"]))

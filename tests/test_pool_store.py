@@ -49,8 +49,9 @@ def test_partitions_by_day_and_removes_crash_leftovers(tmp_path, events):
         days = {f.parent.name for f in pool.files()}
         assert len(days) > 1 and all(d.startswith("day=") for d in days)
         orphan = next(iter(pool.files())).parent / "deadbeef.parquet"
-        orphan.write_bytes(b"half-written")
-        (orphan.parent / "x.parquet.tmp").write_bytes(b"")
+    orphan.write_bytes(b"half-written")  # what a writer killed before its commit leaves behind
+    (orphan.parent / "x.parquet.tmp").write_bytes(b"")
+    with PoolStore(tmp_path / "p") as pool:  # the next writer to open the pool cleans up
         pool.append(events.iloc[300:310])
         assert not orphan.exists() and not (orphan.parent / "x.parquet.tmp").exists()
         assert pool.count() == 310 and len(pool.read()) == 310
