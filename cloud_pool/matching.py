@@ -61,7 +61,7 @@ class MatchConfig:
     min_budget: int = 100  # ... but at least this many (users with few local events)
     per_pool_user: int = 0  # most recent samples taken from one pool user (0 = all of them)
     min_similarity: float = 0.0  # pool users at or below this cosine are never matched
-    block_size: int = 128  # device users per matrix product (memory ~ block_size x pool users x 5 bytes)
+    block_size: int = 256  # device users per matrix product (memory ~ block_size x pool users x 5 bytes)
     category_dims: int = 256  # profile dimensions: the pool's most frequent categories
     item_dims: int = 512  # ... plus the pool's most frequent items (0 = categories only)
     item_weight: float = 1.0  # weight of the item part relative to the category part
@@ -91,7 +91,13 @@ class PoolIndex:
     def load(cls, pool_dir: str | Path, spec: ProfileSpec) -> "PoolIndex":
         with open_store(pool_dir) as store:
             table = store.read_table()
-        table = table.sort_by([("user_id", "ascending"), ("timestamp", "descending"), ("event_id", "ascending")])
+        order = pc.sort_indices(table.select(["user_id", "timestamp", "event_id"]),
+                                sort_keys=[("user_id", "ascending"), ("timestamp", "descending"), ("event_id", "ascending")])
+        columns = {}
+        for name in table.column_names:  # reorder column by column, so the unsorted copy shrinks as we go
+            columns[name] = table.column(name).take(order)
+            table = table.drop_columns([name])
+        table = pa.table(columns)
         user_id = table.column("user_id").to_numpy()
         users, vectors = profiles(user_id, table.column("item_id").to_numpy(), table.column("label").to_numpy(), spec)
         offsets = np.searchsorted(user_id, users, side="left")
@@ -99,9 +105,9 @@ class PoolIndex:
 
 
 def _matrix(quantized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float32 profiles and inverse norms (norms from exact integer sums)."""
+    """Float32 profiles and inverse norms (squared norms are integers below 2**24: exact in float32)."""
     vectors = quantized.astype(np.float32)
-    norm = np.sqrt(np.einsum("ij,ij->i", quantized.astype(np.int64), quantized.astype(np.int64)).astype(np.float64))
+    norm = np.sqrt(np.einsum("ij,ij->i", vectors, vectors).astype(np.float64))
     inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).astype(np.float32)
     return vectors, inv
 
@@ -150,9 +156,10 @@ def _segment_cumsum(values: np.ndarray, row: np.ndarray) -> np.ndarray:
     return total - total[start]
 
 
-def _match_block(pool: PoolIndex, users: np.ndarray, vectors: np.ndarray, inv_norm: np.ndarray,
-                 budget: np.ndarray, config: MatchConfig) -> pa.Table:
-    """Candidates of one block of device users (sorted ids) as an Arrow table."""
+def rank_pool_users(pool: PoolIndex, users: np.ndarray, vectors: np.ndarray, inv_norm: np.ndarray,
+                    config: MatchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``config.top_m`` pool users of one block of device users, as flat (row in block,
+    pool user index, cosine) ordered by row, then rank; the step whose cost grows with users x pool."""
     scores = vectors @ pool.profiles.T  # exact integer dot products ...
     scores *= pool.inv_norm[None, :]  # ... then cosines, elementwise: the same whatever the block
     scores *= inv_norm[:, None]
@@ -161,7 +168,12 @@ def _match_block(pool: PoolIndex, users: np.ndarray, vectors: np.ndarray, inv_no
     scores[np.flatnonzero(is_own), own[is_own]] = -np.inf  # never a user's own samples
     scores[inv_norm == 0] = -np.inf  # an empty profile matches nothing
     row, col = top_columns(scores, config.top_m, config.min_similarity)
-    similarity = scores[row, col]
+    return row, col, scores[row, col]
+
+
+def take_samples(pool: PoolIndex, users: np.ndarray, row: np.ndarray, col: np.ndarray, similarity: np.ndarray,
+                 budget: np.ndarray, config: MatchConfig) -> pa.Table:
+    """Candidates from ranked pool users: most similar first, each one's newest samples first, within budget."""
     available = np.diff(pool.offsets)[col]
     if config.per_pool_user:
         available = np.minimum(available, config.per_pool_user)
@@ -184,52 +196,75 @@ class DeviceProfiles:
     budget: np.ndarray  # int64 candidates allowed per user
 
 
-def device_profiles(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig, spec: ProfileSpec,
-                    users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> DeviceProfiles:
-    """Profiles of the device users (or of ``users``) in ``shard``, from their *training* events only.
+def device_profiles(train: pa.Table, users: np.ndarray, config: MatchConfig, spec: ProfileSpec) -> DeviceProfiles:
+    """Profiles and budgets of ``users`` (sorted, distinct) from the training events in ``train``
+    (columns ``user_id``, ``item_id``, ``label``); a user without events gets an empty profile.
 
     In deployment each device computes its vector with :func:`cloud_pool.profiles.profile` and uploads
-    it; here the simulation computes them all at once (the same function, vectorised).
+    it; the simulation computes them all at once (the same function, vectorised).
     """
-    index, count = shard
-    if not 0 <= index < count:
-        raise RecflError(f"shard {index}/{count}: expected 0 <= i < n")
-    train = pq.read_table(Path(data.root) / "train.parquet", columns=["user_id", "item_id", "label"])
     train_user = train.column("user_id").to_numpy()
-    if users is None:
-        wanted = load_split(pool_dir).device_users
-    else:
-        wanted = np.unique(np.asarray(users, dtype=np.int64))
-        unknown = np.setdiff1d(wanted, train_user)
-        if len(unknown):
-            raise RecflError(f"{len(unknown)} user(s) have no training events in {data.root} (e.g. {unknown[0]})")
-    wanted = wanted[shard_of(wanted, count) == index]
-    mine = np.isin(train_user, wanted)
+    mine = np.isin(train_user, users)
     ids, quantized = profiles(train_user[mine], train.column("item_id").to_numpy()[mine],
                               train.column("label").to_numpy()[mine], spec)
-    vectors = np.zeros((len(wanted), spec.dims), dtype=np.uint8)
-    local = np.zeros(len(wanted), dtype=np.int64)
-    at = np.searchsorted(wanted, ids)
+    vectors = np.zeros((len(users), spec.dims), dtype=np.uint8)
+    local = np.zeros(len(users), dtype=np.int64)
+    at = np.searchsorted(users, ids)
     vectors[at] = quantized
     local[at] = np.bincount(np.searchsorted(ids, train_user[mine]), minlength=len(ids))
     budget = np.maximum(config.min_budget, np.ceil(config.budget_multiplier * local)).astype(np.int64)
-    return DeviceProfiles(wanted, *_matrix(vectors), budget)
+    return DeviceProfiles(users, *_matrix(vectors), budget)
+
+
+class Matcher:
+    """The pool loaded once (samples sorted, profiles) to match any number of device-user sets against it."""
+
+    def __init__(self, pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig()):
+        pool_summary(pool_dir)
+        self.pool_dir, self.data, self.config = Path(pool_dir), data, config
+        self.spec = config.profile_spec(pool_dir, data.items)
+        self.pool = PoolIndex.load(pool_dir, self.spec)
+        self.train = pq.read_table(Path(data.root) / "train.parquet", columns=["user_id", "item_id", "label"])
+
+    def device_users(self, users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> np.ndarray:
+        """The pool's device users (or ``users``, which must have training events) that fall in ``shard``, sorted."""
+        index, count = shard
+        if not 0 <= index < count:
+            raise RecflError(f"shard {index}/{count}: expected 0 <= i < n")
+        if users is None:
+            wanted = load_split(self.pool_dir).device_users
+        else:
+            wanted = np.unique(np.asarray(users, dtype=np.int64))
+            unknown = np.setdiff1d(wanted, self.train.column("user_id").to_numpy())
+            if len(unknown):
+                raise RecflError(f"{len(unknown)} user(s) have no training events in {self.data.root} (e.g. {unknown[0]})")
+        return wanted[shard_of(wanted, count) == index]
+
+    def profiles(self, users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> DeviceProfiles:
+        return device_profiles(self.train, self.device_users(users, shard), self.config, self.spec)
+
+    def blocks(self, users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
+               progress: bool = False) -> Iterator[pa.Table]:
+        """The candidates of ``shard``'s device users, one Arrow table per block of ``config.block_size`` users."""
+        device, pool, size = self.profiles(users, shard), self.pool, self.config.block_size
+        log.info("matching %d device users against %d pool users (%d samples, %d dims)", len(device.users),
+                 len(pool.users), pool.samples.num_rows, self.spec.dims)
+        for lo in tqdm(range(0, len(device.users), size), desc="matching", unit="block", disable=not progress, leave=False):
+            part = slice(lo, lo + size)
+            ranked = rank_pool_users(pool, device.users[part], device.vectors[part], device.inv_norm[part], self.config)
+            yield take_samples(pool, device.users[part], *ranked, device.budget[part], self.config)
+
+    def candidates(self, users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+        """The candidates table of ``shard``'s device users (or ``users``), in memory."""
+        tables = list(self.blocks(users, shard))
+        return to_frame(pa.concat_tables(tables) if tables else candidate_schema().empty_table())
 
 
 def iter_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig(),
                     users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
                     progress: bool = False) -> Iterator[pa.Table]:
-    """The candidates of ``shard``'s device users, one Arrow table per block of ``config.block_size`` users."""
-    pool_summary(pool_dir)
-    spec = config.profile_spec(pool_dir, data.items)
-    pool = PoolIndex.load(pool_dir, spec)
-    device = device_profiles(pool_dir, data, config, spec, users, shard)
-    log.info("matching %d device users against %d pool users (%d samples, %d dims)", len(device.users),
-             len(pool.users), pool.samples.num_rows, spec.dims)
-    blocks = range(0, len(device.users), config.block_size)
-    for lo in tqdm(blocks, desc="matching", unit="block", disable=not progress, leave=False):
-        part = slice(lo, lo + config.block_size)
-        yield _match_block(pool, device.users[part], device.vectors[part], device.inv_norm[part], device.budget[part], config)
+    """:meth:`Matcher.blocks` of a freshly loaded pool."""
+    return Matcher(pool_dir, data, config).blocks(users, shard, progress)
 
 
 def candidate_schema() -> pa.Schema:
@@ -244,9 +279,11 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
 
 def match_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig(),
                      users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
-    """The candidates table of the device users (or ``users``) in ``shard``, in memory."""
-    tables = list(iter_candidates(pool_dir, data, config, users, shard))
-    return to_frame(pa.concat_tables(tables) if tables else candidate_schema().empty_table())
+    """The candidates table of the device users (or ``users``) in ``shard``, in memory.
+
+    Each call loads the pool; to match many user sets, make one :class:`Matcher` and call its ``candidates``.
+    """
+    return Matcher(pool_dir, data, config).candidates(users, shard)
 
 
 def shard_path(out_dir: str | Path, shard: tuple[int, int]) -> Path:
@@ -293,5 +330,6 @@ def read_candidates(out_dir: str | Path, users: np.ndarray | None = None) -> pd.
     return to_frame(table)
 
 
-__all__ = ["CANDIDATE_COLUMNS", "MatchConfig", "PoolIndex", "device_profiles", "iter_candidates", "match_candidates",
-           "parse_shard", "read_candidates", "shard_of", "top_columns", "write_candidates"]
+__all__ = ["CANDIDATE_COLUMNS", "DeviceProfiles", "MatchConfig", "Matcher", "PoolIndex", "device_profiles", "iter_candidates",
+           "match_candidates", "parse_shard", "rank_pool_users", "read_candidates", "shard_of", "take_samples", "top_columns",
+           "write_candidates"]

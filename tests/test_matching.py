@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud_pool.matching import (MatchConfig, match_candidates, parse_shard, read_candidates, shard_of, top_columns,
+from cloud_pool.matching import (MatchConfig, Matcher, match_candidates, parse_shard, read_candidates, shard_of, top_columns,
                                  write_candidates)
 from cloud_pool.pool import open_store
 from cloud_pool.profiles import profile, profiles
@@ -117,6 +117,9 @@ def test_users_subset_matches_the_same_rows(small_pool, candidates):
     some = small_pool.split.device_users[::5]
     same(candidates[candidates["target_user_id"].isin(some)],
          match_candidates(small_pool.pool_dir, small_pool.data, CONFIG, users=some))
+    matcher = Matcher(small_pool.pool_dir, small_pool.data, CONFIG)  # one pool load, many user sets
+    for part in (small_pool.split.device_users[1::5], small_pool.split.device_users[2::5]):
+        same(candidates[candidates["target_user_id"].isin(part)], matcher.candidates(part))
     with pytest.raises(RecflError, match="no training events"):
         match_candidates(small_pool.pool_dir, small_pool.data, CONFIG, users=np.array([-5]))
 

@@ -46,4 +46,4 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
-BENCHMARKS: tuple[str, ...] = ("federated", "federated_scale", "consumer", "ab_harness", "device")
+BENCHMARKS: tuple[str, ...] = ("federated", "federated_scale", "consumer", "ab_harness", "device", "matching")
