@@ -23,6 +23,7 @@ def register(commands) -> None:
 def _personalize(args) -> int:
     from pathlib import Path
 
+    from cloud_pool.matching import MatchConfig
     from device.personalize import personalize
     from device.sample_filter import FilterConfig
     from device.tflite_trainer import FinetuneConfig
@@ -37,7 +38,7 @@ def _personalize(args) -> int:
         users=args.users, workers=args.workers,
         filter_config=config.section(FilterConfig, doc, "filter"),
         finetune_config=config.section(FinetuneConfig, doc, "finetune"),
-        match_doc=doc,
+        match_config=config.section(MatchConfig, doc, "matching"),
     )
     print_json(summary)
     return 0

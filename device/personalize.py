@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +186,7 @@ def _work(task: DeviceTask) -> tuple[pd.DataFrame, dict]:
 def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, pool_dir: Path | None = None,
                 candidates_dir: Path | None = None, users: int | None = None, workers: int = 1,
                 filter_config: FilterConfig = FilterConfig(), finetune_config: FinetuneConfig = FinetuneConfig(),
-                match_doc: dict | None = None, cache_dir: Path | None = None, progress: bool = True) -> dict:
+                match_config=None, cache_dir: Path | None = None, progress: bool = True) -> dict:
     """Run ``arm`` for each device user and write their scored test events to ``out`` (Parquet).
 
     Writes ``out`` plus ``<out stem>.devices/`` (a checkpoint and row map per
@@ -221,7 +221,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
-        tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates_dir, match_doc)
+        tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates_dir, match_config)
         frames, reports = [], []
         with tqdm(total=len(selected), desc=f"personalize {arm}", unit="user", disable=not progress) as bar:
             for frame, report in _run_all(tasks, settings, workers):
@@ -279,7 +279,7 @@ def _device_users(data: PreparedDataset, pool_dir: Path | None, users: int | Non
 
 
 def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: str, pool_dir: Path | None,
-           candidates_dir: Path | None, match_doc: dict | None):
+                 candidates_dir: Path | None, match_config=None):
     """One :class:`DeviceTask` per user, built lazily in chunks of users (the cloud side's work)."""
     needs_candidates = arm in ("coda-nofilter", "coda")
     pool = None
@@ -296,7 +296,7 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
     encode = _encoder(data, spec)
     for lo in range(0, len(users), CHUNK_USERS):
         chunk = users[lo : lo + CHUNK_USERS]
-        candidates = _candidates(data, pool_dir, candidates_dir, chunk, match_doc) if needs_candidates else None
+        candidates = _candidates(data, pool_dir, candidates_dir, chunk, match_config) if needs_candidates else None
         if candidates is not None:
             examples = encode(candidates, pool)
             groups = candidates.groupby("target_user_id", sort=False).indices
@@ -320,17 +320,15 @@ def _no_examples(spec: ModelSpec) -> Examples:
 
 
 def _candidates(data: PreparedDataset, pool_dir: Path, candidates_dir: Path | None, users: np.ndarray,
-                match_doc: dict | None) -> pd.DataFrame:
-    """The matched candidates of ``users``: read from ``candidates_dir``, or matched now against the pool."""
+                match_config) -> pd.DataFrame:
+    """The matched candidates of ``users``: read from ``candidates_dir``, or matched now against the pool
+    (``match_config``, a ``cloud_pool.matching.MatchConfig``; its defaults when None)."""
+    from cloud_pool.matching import MatchConfig, match_candidates, read_candidates
+
     if candidates_dir is not None:
-        from cloud_pool.matching import read_candidates
-
         return read_candidates(candidates_dir, users=users).reset_index(drop=True)
-    from cloud_pool.matching import MatchConfig, match_candidates
-    from recfl import config
-
     matchable = np.intersect1d(users, data.train["user_id"].to_numpy(np.int64))  # a profile needs training events
-    return match_candidates(pool_dir, data, config.section(MatchConfig, match_doc or {}, "matching"), users=matchable).reset_index(drop=True)
+    return match_candidates(pool_dir, data, match_config or MatchConfig(), users=matchable).reset_index(drop=True)
 
 
 def _summarize(per_user: pd.DataFrame) -> dict:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -156,8 +157,6 @@ class DeviceTrainer:
     def __init__(self, path: Path, spec: ModelSpec):
         import tensorflow as tf
 
-        self.spec = spec
-        self.path = Path(path)
         self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=1)
         self.runners = {name: self.interpreter.get_signature_runner(name) for name in SIGNATURES}
         self._shapes = weight_shapes(spec)
@@ -195,12 +194,18 @@ class DeviceTrainer:
         self.runners["save"](checkpoint_path=_path_tensor(path))
 
     def restore(self, path: Path) -> None:
-        self.runners["restore"](checkpoint_path=_path_tensor(path))
+        """Load weights saved by :meth:`save` through the ``restore`` signature."""
+        self.runners["restore"](checkpoint_path=_path_tensor(path, pattern=True))
 
 
-def _path_tensor(path: Path) -> np.ndarray:
-    """A scalar ``tf.string`` input: bytes (dtype ``|S``); other encodings silently mangle the name."""
-    return np.array(str(Path(path).resolve()).encode())
+def _path_tensor(path: Path, pattern: bool = False) -> np.ndarray:
+    """A scalar ``tf.string`` input: bytes (dtype ``|S``); other encodings silently mangle the name.
+
+    ``Restore`` reads a file *pattern*, so for it ``*?[]\\`` are escaped (a ``[`` in a directory
+    name would otherwise match nothing).
+    """
+    text = str(Path(path).resolve())
+    return np.array((re.sub(r"([*?\[\]\\])", r"\\\1", text) if pattern else text).encode())
 
 
 @dataclass(frozen=True)

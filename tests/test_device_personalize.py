@@ -92,6 +92,19 @@ def test_workers_give_the_same_result_without_converting(setup, tmp_path, capsys
     pd.testing.assert_frame_equal(one, two)
 
 
+def test_candidates_are_matched_on_the_fly_without_a_candidates_directory(setup, tmp_path, capsys):
+    pool, root = setup
+    common = ["personalize", "--data", str(pool.data.root), "--model", str(root / "model"), "--arm", "coda-nofilter",
+              "--pool", str(pool.pool_dir), "--users", "3", *FAST]
+    assert main([*common, "--out", str(tmp_path / "read.parquet"), "--candidates", str(root / "cands")]) == 0
+    assert main([*common, "--out", str(tmp_path / "matched.parquet"), "--set", "matching.budget_multiplier=3",
+                 "--set", "matching.min_budget=20"]) == 0
+    capsys.readouterr()
+    read, matched = (pd.read_parquet(tmp_path / f"{n}.devices" / "users.parquet") for n in ("read", "matched"))
+    assert (matched["candidates"] > 0).all()
+    pd.testing.assert_frame_equal(read[["user_id", "candidates"]], matched[["user_id", "candidates"]])
+
+
 def test_tiny_users_take_the_fallback_end_to_end(setup, tmp_path, capsys):
     assert _run(setup, "coda", tmp_path / "p.parquet", "--set", "filter.min_local=100000") == 0
     capsys.readouterr()

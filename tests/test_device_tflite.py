@@ -64,7 +64,8 @@ def test_set_weights_changes_inference_and_checkpoints_round_trip(exported, tmp_
     scores_b = trainer.predict(batch)
     assert np.abs(scores_a - scores_b).max() > 1e-3
     np.testing.assert_allclose(scores_b, predict(SPEC, b, batch.inputs()), atol=1e-6)
-    checkpoint = tmp_path / "device 1.ckpt"  # a space in the name: the path must arrive intact
+    checkpoint = tmp_path / 'run [a*b?], "x"' / "device 1.ckpt"  # the path must arrive intact, glob characters too
+    checkpoint.parent.mkdir()
     trainer.save(checkpoint)
     assert checkpoint.is_file()
     trainer.set_params(a)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +51,9 @@ class Run:
 
     @property
     def name(self) -> str:
-        parts = [self.arm, *(s.replace("finetune.", "ft.").replace("filter.", "fl.") for s in self.sets)]
-        return ",".join(parts + ([f"budget={self.budget:g}"] if self.budget != 10.0 else []))
+        """A readable file name: ``coda,ft.learning_rate=0.2,fl.features=item+history,budget=2.5``."""
+        sets = [re.sub(r'[\[\]" ]', "", s).replace(",", "+").replace("finetune.", "ft.").replace("filter.", "fl.") for s in self.sets]
+        return ",".join([self.arm, *sets] + ([f"budget={self.budget:g}"] if self.budget != 10.0 else []))
 
 
 LRS = (0.05, 0.2, 0.5)
@@ -61,7 +64,9 @@ VALIDATION: tuple[Run, ...] = (
     *(Run("coda", (f"finetune.learning_rate={lr}", f"filter.keep_fraction={k}")) for lr in (0.05, 0.2) for k in (0.1, 0.25, 0.5)),
     # why (not): the matching budget, the classifier vs coarse similarity alone, the classifier's features, epochs
     *(Run("coda-nofilter", ("finetune.learning_rate=0.2",), budget=b, purpose="probe") for b in (1.0, 2.5, 5.0)),
-    Run("coda", ("finetune.learning_rate=0.2", "filter.keep_fraction=0.25", "filter.min_local=1000000"), purpose="probe"),
+    *(Run("coda", ("finetune.learning_rate=0.2", f"filter.keep_fraction={k}", "filter.min_local=1000000"), purpose="probe")
+      for k in (0.1, 0.25)),  # every user takes the fallback: the top fraction by coarse similarity, no classifier
+    Run("coda", ("finetune.learning_rate=0.2", 'filter.rule="threshold"', "filter.threshold=0.5"), purpose="probe"),
     Run("coda", ("finetune.learning_rate=0.2", "filter.keep_fraction=0.25",
                  'filter.features=["item","category","label","popularity","embedding","history"]'), purpose="probe"),
     Run("coda", ("finetune.learning_rate=0.2", "filter.keep_fraction=0.25",
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bootstrap", type=int, default=2000)
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     from recfl.dataset import PreparedDataset, prepare
     from recfl.formats import load
