@@ -146,7 +146,9 @@ def run(quick: bool) -> list[Figure]:
         base = None
         for users, fraction, item_dims in scale.cases:
             result = _in_fresh_process(_match, root, fraction, np.sort(chosen[:users]), item_dims)
-            case = f"{users:,} users x {pools[fraction]['pool_events']:,} samples, " + ("categories only" if not item_dims else f"+{item_dims} items")
+            pool = pools[fraction]
+            case = (f"{users:,} users x {pool['pool_events']:,} samples of {pool['sharing_users']:,} pool users, "
+                    + ("categories only" if not item_dims else f"categories + {item_dims} items"))
             base = base or (case, result)
             figures += [
                 Figure(BENCH, f"match {case}: time", result["seconds"], "s", base[0], base[1]["seconds"],
