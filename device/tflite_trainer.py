@@ -212,7 +212,7 @@ def _path_tensor(path: Path, pattern: bool = False) -> np.ndarray:
 class FinetuneConfig:
     """The ``[finetune]`` config section: on-device SGD with early stopping, and the device capacity."""
 
-    learning_rate: float = 0.05
+    learning_rate: float = 0.2  # tuned on a MovieLens 100K validation split (README)
     batch_size: int = 32
     max_epochs: int = 10
     patience: int = 2  # epochs without a validation improvement before stopping

@@ -36,7 +36,7 @@ def test_every_candidate_is_scored_by_the_model_that_left_its_fold_out():
     local = _events(rng, 60, np.arange(0, 100), np.arange(0, 5))
     cands = pd.concat([_events(rng, 150, np.arange(0, 100), np.arange(0, 5), user=2),
                        _events(rng, 150, np.arange(200, 400), np.arange(10, 20), user=3)], ignore_index=True)
-    config = FilterConfig(folds=4)
+    config = FilterConfig(folds=4, keep_fraction=0.5)
     result = filter_candidates(local, cands, KNOWLEDGE, config)
     assert result.path == CLASSIFIER
     assert set(np.unique(result.fold)) == {0, 1, 2, 3} and set(np.unique(result.local_fold)) == {0, 1, 2, 3}
@@ -85,7 +85,7 @@ def test_history_feature_tells_apart_samples_from_other_contexts():
     local, cands = _events(rng, 80, *pools), _events(rng, 200, *pools, user=2)
     local_hist = rng.integers(2, 50, (80, 6)).astype(np.int32)  # the user's own clicks
     cand_hist = np.where(np.arange(200)[:, None] < 100, rng.integers(2, 50, (200, 6)), rng.integers(200, 203, (200, 6)))
-    config = FilterConfig(features=("item", "history"))
+    config = FilterConfig(features=("item", "history"), keep_fraction=0.5)
     result = filter_candidates(local, cands, KNOWLEDGE, config, local_hist, cand_hist.astype(np.int32))
     assert result.keep[:100].mean() > 0.8 and result.keep[100:].mean() < 0.2
     without = filter_candidates(local, cands, KNOWLEDGE, FilterConfig(features=("item",)))

@@ -110,7 +110,7 @@ def test_tiny_users_take_the_fallback_end_to_end(setup, tmp_path, capsys):
     capsys.readouterr()
     report = pd.read_parquet(tmp_path / "p.devices" / "users.parquet")
     assert (report["filter_path"] == "fallback").all() and report["filter_auc"].isna().all()
-    np.testing.assert_array_equal(report["kept"], np.ceil(0.5 * report["candidates"]).astype(int))
+    np.testing.assert_array_equal(report["kept"], np.ceil(0.1 * report["candidates"]).astype(int))
 
 
 def test_user_mistakes_are_one_line_errors(setup, tmp_path, capsys):
