@@ -60,6 +60,6 @@ def test_default_toml_documents_the_real_defaults():
     sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
                 "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig, "ab": AbConfig,
                 "filter": FilterConfig, "finetune": FinetuneConfig,
-                "streaming": StreamConfig}
+                "streaming": StreamConfig, "run": RunConfig}
     for name, cls in sections.items():
         assert config.section(cls, doc, name) == cls(), name
