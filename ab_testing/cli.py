@@ -39,7 +39,6 @@ def _evaluate(args) -> int:
     metrics = tuple(m for m in args.metrics.split(",") if m.strip()) if args.metrics is not None else None
     cfg = config.section(AbConfig, doc, "ab", design=args.design, buckets=args.buckets, salt=args.salt,
                          metrics=metrics, bootstrap=args.bootstrap, seed=args.seed)
-    cfg.check()
     activity = read_activity(args.users) if args.users else None
     result = evaluate(read_predictions(args.predictions), args.control, cfg, activity, progress=True)
     paths = write_report(result, args.out)

@@ -20,7 +20,7 @@ from ab_testing.metrics import ArmEstimator, Metric, parse_metrics
 from ab_testing.predictions import Predictions, check_duplicates, check_paired, check_scores
 from ab_testing.segments import SEGMENTS, Segmenter
 from ab_testing.stats import CORRECTIONS, Lift, adjust_p_values, bootstrap, lift, percentile_interval
-from recfl.config import as_table
+from recfl.config import as_table, check_limits
 from recfl.errors import RecflError
 
 log = logging.getLogger(__name__)
@@ -42,18 +42,13 @@ class AbConfig:
     srm_alpha: float = 0.001  # sample-ratio mismatch flagged below this chi-square p-value
     segment_bounds: tuple[int, ...] = ()  # [warm, hot] training-event bounds; empty: tertiles
 
-    def check(self) -> None:
+    def __post_init__(self):
         """Refuse settings that cannot give a meaningful result, with one clear line."""
         if self.design not in DESIGNS:
             raise RecflError(f"unknown design {self.design!r}; choose one of {', '.join(DESIGNS)}")
         if self.correction not in CORRECTIONS:
             raise RecflError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
-        if self.bootstrap < 2:
-            raise RecflError(f"--bootstrap {self.bootstrap}: at least 2 resamples are needed (1000 is usual)")
-        if not 0 < self.confidence < 1:
-            raise RecflError(f"confidence {self.confidence} must be between 0 and 1")
-        if self.buckets < 1:
-            raise RecflError(f"--buckets {self.buckets} must be positive")
+        check_limits(self, "ab", bootstrap=">= 2", confidence="(0, 1)", buckets=">= 1", srm_alpha="(0, 1)", segment_bounds=">= 0")
 
 
 @dataclass(frozen=True)
@@ -140,7 +135,6 @@ def evaluate(pred: Predictions, control: str, config: AbConfig = AbConfig(), act
              progress: bool = False) -> AbResult:
     """Compare every arm of ``pred`` with ``control`` under ``config``; ``activity`` (training events per user) adds segments."""
     started = time.perf_counter()
-    config.check()
     metrics = parse_metrics(config.metrics)
     if control not in pred.arms:
         raise RecflError(f"control arm {control!r} is not in the predictions (arms: {', '.join(pred.arms)})")

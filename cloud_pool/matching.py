@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -40,6 +39,8 @@ from tqdm import tqdm
 
 from cloud_pool.pool import load_split, open_store, pool_summary, unit_hash
 from cloud_pool.profiles import ProfileSpec, profiles
+from recfl.atomic import atomic_path
+from recfl.config import check_limits
 from recfl.dataset import PreparedDataset
 from recfl.errors import RecflError
 from recfl.schema import EVENT_COLUMNS
@@ -68,10 +69,9 @@ class MatchConfig:
     positive_weight: float = 1.0  # weight of a positive event relative to a negative one in a profile
 
     def __post_init__(self):
-        if self.top_m < 1 or self.block_size < 1 or self.min_budget < 0 or self.budget_multiplier < 0 or self.per_pool_user < 0:
-            raise RecflError("matching: top_m and block_size must be >= 1; budgets and per_pool_user >= 0")
-        if not 0 <= self.min_similarity < 1:
-            raise RecflError("matching: min_similarity must be in [0, 1) (profiles are non-negative, cosines >= 0)")
+        check_limits(self, "matching", top_m=">= 1", block_size=">= 1", min_budget=">= 0", budget_multiplier=">= 0",
+                     per_pool_user=">= 0", min_similarity="[0, 1)", category_dims=">= 0", item_dims=">= 0",
+                     item_weight=">= 0", positive_weight="> 0")
 
     def profile_spec(self, pool_dir: str | Path, items: pd.DataFrame) -> ProfileSpec:
         return ProfileSpec.from_pool(pool_dir, items, self.category_dims, self.item_dims, self.positive_weight, self.item_weight)
@@ -296,15 +296,13 @@ def write_candidates(pool_dir: str | Path, data: PreparedDataset, out_dir: str |
     started = time.perf_counter()
     path = shard_path(out_dir, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     schema = candidate_schema().with_metadata({"recfl.matching": json.dumps(asdict(config), sort_keys=True)})
     rows = targets = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for block in iter_candidates(pool_dir, data, config, users, shard, progress):
             writer.write_table(block.select(schema.names).cast(schema))
             rows += block.num_rows
             targets += len(pc.unique(block.column("target_user_id")))
-    os.replace(tmp, path)
     return {"path": str(path), "shard": f"{shard[0]}/{shard[1]}", "candidates": rows, "users_with_candidates": targets,
             "seconds": round(time.perf_counter() - started, 2)}
 

@@ -17,7 +17,6 @@ means complete)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,8 +27,11 @@ import pandas as pd
 
 from cloud_pool.profiles import category_frequencies
 from cloud_pool.store import PoolStore
-from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.atomic import write_json_atomic
+from recfl.config import check_limits
+from recfl.dataset import PreparedDataset
 from recfl.errors import RecflError
+from recfl.schema import unit_hash
 from recfl.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class PoolConfig:
     share_fraction: float = 0.5
     salt: str = "recfl-pool"
 
+    def __post_init__(self):
+        check_limits(self, "pool", share_fraction="[0, 1]")
+
 
 @dataclass(frozen=True, eq=False)
 class PoolSplit:
@@ -52,18 +57,6 @@ class PoolSplit:
 
     sharing_users: np.ndarray
     device_users: np.ndarray
-
-
-def unit_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
-    """A uniform number in [0, 1) per user id from blake2b(salt:id): stable across platforms and runs."""
-    ids = np.asarray(user_ids, dtype=np.int64)
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    key = salt.encode() + b":"
-    words = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(key + str(u).encode(), digest_size=8).digest(), "big") >> 11 for u in uniq.tolist()),
-        dtype=np.int64, count=len(uniq),
-    )
-    return (words.astype(np.float64) / float(1 << 53))[inverse]
 
 
 def assign_roles(user_ids: np.ndarray, share_fraction: float, salt: str) -> PoolSplit:

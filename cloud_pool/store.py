@@ -12,7 +12,6 @@ processes may append to one pool at once.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recfl.atomic import atomic_path
 from recfl.errors import RecflError
 from recfl.schema import EVENT_COLUMNS, conform
 
@@ -93,16 +93,8 @@ class PoolStore:
         folder = self.root / "data" / f"day={day}"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"day={day}/{uuid.uuid4().hex}.parquet"
-        tmp = self.root / "data" / (name + ".tmp")
-        pq.write_table(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.root / "data" / name)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_path(self.root / "data" / name, durable=True) as tmp:
+            pq.write_table(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), tmp)
         return name
 
     def _remove_orphans(self) -> None:

@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from device.sample_filter import FALLBACK, FilterConfig, ItemKnowledge, filter_candidates
 from device.tflite_trainer import DeviceTrainer, FinetuneConfig, conversions, export, finetune
-from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.atomic import atomic_path, write_json_atomic
+from recfl.dataset import PreparedDataset
 from recfl.errors import RecflError
 from recfl.features import Encoder, Examples
 from recfl.metrics import ctr_metrics
@@ -199,11 +200,8 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         raise RecflError(f"--workers must be at least 1, got {workers}")
     if arm in ("coda-nofilter", "coda") and pool_dir is None:
         raise RecflError(f"--arm {arm} needs --pool POOLDIR (the cloud pool the candidates come from)")
-    spec, params = load_model(model_dir)
-    if (spec.item_rows, spec.category_rows) != (data.item_vocab.size, data.category_vocab.size):
-        raise RecflError(f"{model_dir}: model tables ({spec.item_rows}, {spec.category_rows}) do not match the "
-                         f"vocabularies of {data.root} ({data.item_vocab.size}, {data.category_vocab.size})")
-    selected = _device_users(data, pool_dir, users)
+    spec, params = load_model(model_dir, data)
+    selected = device_users(data, pool_dir, users)
     out = Path(out)
     device_dir = out.with_name(out.stem + ".devices")
     device_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +260,7 @@ def _run_all(tasks, settings: WorkerSettings, workers: int):
             yield future.result()
 
 
-def _device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None) -> np.ndarray:
+def device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None) -> np.ndarray:
     """Device users with test events (all users without a pool), sorted; the first ``users`` of them."""
     with_test = np.unique(data.test["user_id"].to_numpy(np.int64))
     if pool_dir is not None:
@@ -350,6 +348,5 @@ def _summarize(per_user: pd.DataFrame) -> dict:
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recfl.config import check_limits
 from recfl.errors import RecflError
 from recfl.metrics import auc
 from recfl.vocab import Vocabulary
@@ -67,13 +68,11 @@ class FilterConfig:
             raise RecflError(f"filter.rule must be top_fraction or threshold, got {self.rule!r}")
         if self.fallback not in ("similarity", "all"):
             raise RecflError(f"filter.fallback must be similarity or all, got {self.fallback!r}")
-        if self.folds < 2:
-            raise RecflError(f"filter.folds must be at least 2, got {self.folds}")
+        check_limits(self, "filter", folds=">= 2", keep_fraction="[0, 1]", threshold="[0, 1]", min_local=">= 0",
+                     rounds=">= 1", num_leaves=">= 2", learning_rate="> 0", min_data_in_leaf=">= 1")
         unknown = sorted(set(self.features) - set(FEATURES))
         if unknown or not self.features:
             raise RecflError(f"filter.features: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURES)}")
-        if not 0.0 <= self.keep_fraction <= 1.0:
-            raise RecflError(f"filter.keep_fraction must be in [0, 1], got {self.keep_fraction}")
 
 
 @dataclass(frozen=True)

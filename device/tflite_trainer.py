@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recfl.atomic import atomic_path
+from recfl.config import check_limits
 from recfl.features import Examples
 from recfl.metrics import logloss
 from recfl.model import ModelParams, ModelSpec, logits, loss_fn
@@ -134,9 +136,8 @@ def export(spec: ModelSpec, cache_dir: Path) -> Path:
             return path
         started = time.perf_counter()
         flatbuffer = convert(spec)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(flatbuffer)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(flatbuffer)
         record = {"key": key, "spec": spec.to_json(), "bytes": len(flatbuffer), "pid": os.getpid(),
                   "seconds": round(time.perf_counter() - started, 3)}
         with open(cache_dir / "conversions.jsonl", "a") as out:
@@ -220,6 +221,10 @@ class FinetuneConfig:
     item_capacity: int = 4096  # rows of the exported item table (one .tflite per capacity)
     category_capacity: int = 256
     seed: int = 0
+
+    def __post_init__(self):
+        check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
+                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3")
 
 
 @dataclass(frozen=True)

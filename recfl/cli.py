@@ -33,10 +33,10 @@ COMMAND_MODULES = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
+    """argparse with the same one-line errors as every other user mistake."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"recfl: error: {message} (see {self.prog} --help)\n")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +69,10 @@ def _quiet_tensorflow(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed as one line
+        return int(exit.code or 0)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _quiet_tensorflow(args.log_level)
     try:

@@ -1,9 +1,10 @@
 """TOML configuration: files read with ``tomllib``, overridable from the command line.
 
 A config file has one table per stage (``[data]``, ``[model]``, ``[train]``,
-...). Each stage declares a frozen dataclass of its knobs and reads its
-table with :func:`section`, which rejects unknown keys and wrong types with
-one clear line, so a typo never silently falls back to a default.
+...). Each stage declares a frozen dataclass of its knobs (listed in
+:data:`SECTIONS`) and reads its table with :func:`section`, which rejects
+unknown sections, unknown keys, wrong types and out-of-range values with one
+clear line, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -18,6 +19,22 @@ from typing import Any, TypeVar
 from recfl.errors import RecflError
 
 T = TypeVar("T")
+
+# Every config section and the dataclass that reads it (``module:Class``; imported only to check defaults).
+SECTIONS = {
+    "data": "recfl.dataset:DataConfig",
+    "synthetic": "recfl.formats:SyntheticSpec",
+    "model": "recfl.model:ModelConfig",
+    "train": "recfl.train:TrainConfig",
+    "federated": "recfl.federated.simulate:FederatedConfig",
+    "pool": "cloud_pool.pool:PoolConfig",
+    "matching": "cloud_pool.matching:MatchConfig",
+    "streaming": "streaming.settings:StreamConfig",
+    "run": "recfl.pipeline:RunConfig",
+    "ab": "ab_testing.evaluate:AbConfig",
+    "filter": "device.sample_filter:FilterConfig",
+    "finetune": "device.tflite_trainer:FinetuneConfig",
+}
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> dict:
@@ -46,14 +63,21 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> dict:
             if not isinstance(table, dict):
                 raise RecflError(f"--set {item!r}: {part!r} is not a section")
         table[parts[-1]] = value
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise RecflError(f"config: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    for name, table in doc.items():
+        if not isinstance(table, dict):
+            raise RecflError(f"config: [{name}] must be a table of settings, got {table!r}")
     return doc
 
 
 def section(cls: type[T], doc: dict, name: str, **explicit: Any) -> T:
     """Build dataclass ``cls`` from table ``doc[name]``; ``explicit`` (non-None) values win."""
-    table = dict(doc.get(name, {}))
+    table = doc.get(name, {})
     if not isinstance(table, dict):
-        raise RecflError(f"config: [{name}] must be a table")
+        raise RecflError(f"config: [{name}] must be a table of settings, got {table!r}")
+    table = dict(table)
     table.update({k: v for k, v in explicit.items() if v is not None})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))
@@ -88,6 +112,28 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise RecflError(f"config: {where} = {value!r} must be {hint.__name__}")
     return value
+
+
+def check_limits(obj: Any, name: str, **limits: str) -> None:
+    """Refuse out-of-range settings of section ``name`` with one line.
+
+    A limit is ``">= 1"``, ``"> 0"``, ``"<= 10"`` or an interval such as
+    ``"[0, 1]"`` or ``"(0, 1)"``; a tuple-valued setting is checked element-wise.
+    """
+    for key, rule in limits.items():
+        value = getattr(obj, key)
+        if not all(_within(v, rule.replace(" ", "")) for v in (value if isinstance(value, tuple) else (value,))):
+            raise RecflError(f"config: {name}.{key} = {value!r} must be {'in ' if rule[0] in '[(' else ''}{rule}")
+
+
+def _within(value: float, rule: str) -> bool:
+    if rule[0] in "[(":
+        lo, hi = (float(x) for x in rule[1:-1].split(","))
+        return (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
+    for op, test in ((">=", lambda a, b: a >= b), ("<=", lambda a, b: a <= b), (">", lambda a, b: a > b), ("<", lambda a, b: a < b)):
+        if rule.startswith(op):
+            return test(value, float(rule[len(op):]))
+    raise ValueError(f"bad limit {rule!r}")
 
 
 def as_table(obj: Any) -> dict:

@@ -12,7 +12,6 @@ Layout (``manifest.json`` is written last, so its presence means complete)::
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from recfl import __version__, config
+from recfl.atomic import write_json_atomic
+from recfl.config import check_limits
 from recfl.errors import RecflError
 from recfl.formats import SourceData, SyntheticSpec, load
 from recfl.split import SPLIT_RULE, split_by_time
@@ -39,6 +41,9 @@ class DataConfig:
     test_fraction: float = 0.2
     min_count: int = 1
     seed: int = 0
+
+    def __post_init__(self):
+        check_limits(self, "data", test_fraction="(0, 1)", min_count=">= 1")
 
 
 def describe_events(events: pd.DataFrame) -> dict:
@@ -64,13 +69,6 @@ def describe(data: SourceData) -> dict:
         dropped=data.dropped,
     )
     return stats
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def prepare(data: SourceData, out: Path, test_fraction: float = 0.2, seed: int = 0, min_count: int = 1,
@@ -120,6 +118,16 @@ def prepare_from_config(cfg: DataConfig, doc: dict, out: Path) -> "PreparedDatas
     return prepare(load(cfg.format, cfg.path, spec), Path(out), cfg.test_fraction, cfg.seed, cfg.min_count, extra)
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A Parquet table of a prepared directory; a missing or damaged file is one clear error."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise RecflError(f"{path}: missing from the prepared data set; prepare it again") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise RecflError(f"{path}: not a readable Parquet file ({exc}); prepare the data set again") from None
+
+
 @dataclass(frozen=True)
 class PreparedDataset:
     """Read access to a prepared directory; tables load lazily and once."""
@@ -133,19 +141,23 @@ class PreparedDataset:
 
     @cached_property
     def manifest(self) -> dict:
-        return json.loads((self.root / "manifest.json").read_text())
+        path = self.root / "manifest.json"
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RecflError(f"{path}: damaged manifest ({exc}); prepare the data set again") from None
 
     @cached_property
     def train(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / "train.parquet")
+        return read_table(self.root / "train.parquet")
 
     @cached_property
     def test(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / "test.parquet")
+        return read_table(self.root / "test.parquet")
 
     @cached_property
     def items(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / "items.parquet")
+        return read_table(self.root / "items.parquet")
 
     @cached_property
     def item_vocab(self) -> Vocabulary:
@@ -156,4 +168,4 @@ class PreparedDataset:
         return Vocabulary.load(self.root / "vocab" / "categories.parquet")
 
 
-__all__ = ["PreparedDataset", "describe", "describe_events", "prepare", "write_json_atomic"]
+__all__ = ["PreparedDataset", "describe", "describe_events", "prepare"]

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from recfl.config import check_limits
 from recfl.errors import RecflError
 from recfl.features import FeatureSpec
 
@@ -32,6 +33,9 @@ class ModelConfig:
     history: int = 20
     max_categories: int = 4
     init_seed: int = 0
+
+    def __post_init__(self):
+        check_limits(self, "model", embed_dim=">= 1", hidden=">= 1", history=">= 1", max_categories=">= 1")
 
 
 @dataclass(frozen=True)
@@ -198,14 +202,18 @@ def save_model(path: Path, spec: ModelSpec, params: ModelParams, meta: dict | No
     (path / "spec.json").write_text(json.dumps({"spec": spec.to_json(), **(meta or {})}, indent=2) + "\n")
 
 
-def load_model(path: Path) -> tuple[ModelSpec, ModelParams]:
-    """Read a model directory written by :func:`save_model`."""
+def load_model(path: Path, data=None) -> tuple[ModelSpec, ModelParams]:
+    """Read a model directory written by :func:`save_model`; with ``data`` (a prepared data set), refuse a
+    model whose tables were sized for other vocabularies (its row ids would mean other items)."""
     path = Path(path)
     if not (path / "spec.json").is_file() or not (path / "params.npz").is_file():
         raise RecflError(f"{path}: not a recfl model directory (needs spec.json and params.npz)")
     spec = ModelSpec.from_json(json.loads((path / "spec.json").read_text())["spec"])
     with np.load(path / "params.npz") as npz:
         params = ModelParams.from_arrays([npz[f"arr_{i}"] for i in range(len(npz.files))])
+    if data is not None and (spec.item_rows, spec.category_rows) != (data.item_vocab.size, data.category_vocab.size):
+        raise RecflError(f"{path}: model tables ({spec.item_rows}, {spec.category_rows}) do not match the "
+                         f"vocabularies of {data.root} ({data.item_vocab.size}, {data.category_vocab.size})")
     return spec, params
 
 

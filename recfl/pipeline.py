@@ -5,11 +5,14 @@ Stages (each writes under ``OUT/<stage>/``)::
     data -> pool -> cloud_model -> fedsubavg, fedavg -> candidates
          -> arm-cloud, arm-fedavg, arm-fedsubavg, arm-local, arm-coda-nofilter, arm-coda -> ab
 
-Every stage finishes by writing ``OUT/<stage>/stage.json`` with a
-fingerprint of the settings it reads and of the stages it depends on. A
-rerun skips a stage whose fingerprint matches, so a crashed run resumes where
-it stopped (the federated stages also resume from their last round), and a
-changed setting reruns exactly the stages downstream of it.
+Every stage starts by writing ``OUT/<stage>/started.json`` and finishes by
+writing ``OUT/<stage>/stage.json``, both with a fingerprint of the settings
+it reads and of the stages it depends on. A rerun skips a stage whose
+finished fingerprint matches, so a crashed run resumes where it stopped; an
+unfinished stage with the same fingerprint keeps its partial outputs (the
+federated stages resume from their last round), one with another
+fingerprint starts from an empty folder. A changed setting therefore reruns
+exactly the stages downstream of it, never on top of stale outputs.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from recfl import config
-from recfl.dataset import DataConfig, PreparedDataset, prepare_from_config, write_json_atomic
+from recfl.atomic import write_json_atomic
+from recfl.dataset import DataConfig, PreparedDataset, prepare_from_config
 from recfl.errors import RecflError
 from recfl.formats import SyntheticSpec
 from recfl.model import ModelConfig
@@ -43,6 +48,9 @@ class RunConfig:
 
     device_users: int = 200  # personalize and evaluate the first N device users by id (0 = all)
     workers: int = 2  # parallel device processes during personalization
+
+    def __post_init__(self):
+        config.check_limits(self, "run", device_users=">= 0", workers=">= 1")
 
 
 @dataclass
@@ -88,7 +96,8 @@ def _fingerprint(payload: dict) -> str:
 def _data_settings(ctx: RunContext) -> dict:
     if ctx.data_dir is not None:
         return {"prepared": str(ctx.data_dir.resolve()), "created": PreparedDataset(ctx.data_dir).manifest.get("created_utc")}
-    return {"data": ctx.table(DataConfig, "data"), "synthetic": ctx.table(SyntheticSpec, "synthetic")}
+    data = ctx.section(DataConfig, "data")
+    return {"data": config.as_table(data), "synthetic": ctx.table(SyntheticSpec, "synthetic"), "files": _source_stat(data.path)}
 
 
 def _data_run(ctx: RunContext, out: Path) -> dict:
@@ -153,13 +162,17 @@ def _federated_stage(algorithm: str) -> Stage:
 def _candidates_settings(ctx: RunContext) -> dict:
     from cloud_pool.matching import MatchConfig
 
-    return {"matching": ctx.table(MatchConfig, "matching")}
+    return {"matching": ctx.table(MatchConfig, "matching"), "device_users": ctx.run.device_users}
 
 
 def _candidates_run(ctx: RunContext, out: Path) -> dict:
+    """Candidates for the device users the arms personalize (the first ``run.device_users`` by id)."""
     from cloud_pool.matching import MatchConfig, read_candidates, write_candidates
+    from device.personalize import device_users
 
-    write_candidates(ctx.results["pool"]["pool_dir"], ctx.data, out, ctx.section(MatchConfig, "matching"))
+    pool_dir = Path(ctx.results["pool"]["pool_dir"])
+    users = device_users(ctx.data, pool_dir, ctx.run.device_users or None)
+    write_candidates(pool_dir, ctx.data, out, ctx.section(MatchConfig, "matching"), users=users)
     candidates = read_candidates(out)
     return {"candidates_dir": str(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
 
@@ -214,7 +227,6 @@ def _ab_run(ctx: RunContext, out: Path) -> dict:
     from ab_testing.report import write_report
 
     cfg = ctx.section(AbConfig, "ab")
-    cfg.check()
     files = [ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS]
     activity = ctx.data.train["user_id"].value_counts().rename("train_events")
     result = evaluate(read_predictions(files), CONTROL, cfg, activity, progress=True)
@@ -254,8 +266,7 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
         else:
             log.info("%s: running", label)
             started = time.time()
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.unlink(missing_ok=True)
+            _prepare_stage_dir(marker.parent, fingerprint)
             result = stage.run(ctx, marker.parent)
             write_json_atomic(marker, {"fingerprint": fingerprint, "result": result, "seconds": round(time.time() - started, 2)})
             ctx.results[stage.name] = result
@@ -263,6 +274,26 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
         fingerprints[stage.name] = fingerprint
     write_json_atomic(ctx.out / "run.json", {"stages": ctx.results, "fingerprints": fingerprints})
     return ctx.results
+
+
+def _prepare_stage_dir(folder: Path, fingerprint: str) -> None:
+    """Keep the partial outputs of an interrupted run of the same stage settings; otherwise start empty."""
+    started = folder / "started.json"
+    partial = json.loads(started.read_text()).get("fingerprint") if started.is_file() else None
+    if partial != fingerprint and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stage.json").unlink(missing_ok=True)
+    write_json_atomic(started, {"fingerprint": fingerprint})
+
+
+def _source_stat(path: str | None) -> list | None:
+    """Size and modification time of a data source's files, so an edited file reruns the pipeline."""
+    if not path or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def check_source_args(data_dir, fmt, path) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from recfl.atomic import write_json_atomic
 from recfl.baselines import popularity_scores
-from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.config import check_limits
+from recfl.dataset import PreparedDataset
 from recfl.features import Examples, encode
 from recfl.metrics import ctr_metrics
 from recfl.model import ModelConfig, ModelParams, ModelSpec, init_params, loss_fn, predict, save_model
@@ -27,6 +29,9 @@ class TrainConfig:
     batch_size: int = 256
     learning_rate: float = 0.002
     seed: int = 0
+
+    def __post_init__(self):
+        check_limits(self, "train", epochs=">= 1", batch_size=">= 1", learning_rate="> 0")
 
 
 def encoded_splits(data: PreparedDataset, spec: ModelSpec, train_users: np.ndarray | None = None,

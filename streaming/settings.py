@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recfl.config import check_limits
 from streaming.events import EventRules
 
 
@@ -43,6 +44,11 @@ class StreamConfig:
     ssl_keyfile: str = ""
     ssl_password: str = ""
     ssl_check_hostname: bool = True
+
+    def __post_init__(self):
+        check_limits(self, "streaming", partitions=">= 1", batch_size=">= 1", batch_max_wait_s="> 0", max_event_bytes=">= 1",
+                     session_timeout_ms=">= 1", heartbeat_interval_ms=">= 1", max_poll_interval_ms=">= 1",
+                     request_timeout_ms=">= 1", backoff_s="> 0", backoff_max_s="> 0", progress_interval_s="> 0")
 
     @property
     def dead_letters(self) -> str:

@@ -72,7 +72,7 @@ def test_bucketed_report_shows_the_assignment(tmp_path, files, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--metrics", "auc,map@5"], "recfl: error: unknown metric 'map@5'"),
     (["--design", "ab"], "recfl: error: unknown design 'ab'; choose one of paired, bucketed"),
-    (["--bootstrap", "1"], "recfl: error: --bootstrap 1: at least 2 resamples are needed"),
+    (["--bootstrap", "1"], "recfl: error: config: ab.bootstrap = 1 must be >= 2"),
     (["--set", "ab.alpha=0.1"], "recfl: error: config: unknown key(s) alpha in [ab]"),
     (["--users", "/nonexistent/users.parquet"], "recfl: error: /nonexistent/users.parquet: users file not found"),
 ])

@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import shared
+
 from recfl.cli import main
 from recfl.schema import PREDICTION_COLUMNS
 
@@ -36,9 +36,9 @@ def test_predict_model_and_popularity_then_compare(tmp_path, capsys):
 
 
 def test_predict_needs_a_scorer(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["predict", "--data", str(tmp_path), "--arm", "x", "--out", str(tmp_path / "p.parquet")])
-    assert "one of the arguments --model --popularity is required" in capsys.readouterr().err
+    assert main(["predict", "--data", str(tmp_path), "--arm", "x", "--out", str(tmp_path / "p.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recfl: error: one of the arguments --model --popularity is required") and err.count("\n") == 1
 
 
 @pytest.mark.heavy

@@ -40,3 +40,38 @@ def test_synth_writes_a_prepared_set(capsys, tmp_path):
     assert main(["data", "synth", "--users", "50", "--items", "100", "--out", str(tmp_path / "s"), "--seed", "2"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["source"] == "synthetic" and manifest["synthetic"]["users"] == 50 and manifest["synthetic"]["seed"] == 2
+
+
+def test_out_of_range_options_are_one_line(capsys, tmp_path, fixtures):
+    """Values argparse accepts but the stages cannot use end as one line, never a traceback."""
+    ml = ["--format", "movielens-100k", "--path", str(fixtures / "ml100k")]
+    cases = [
+        (["data", "prepare", *ml, "--out", str(tmp_path / "a"), "--test-fraction", "1.5"], "data.test_fraction = 1.5 must be in (0, 1)"),
+        (["data", "synth", "--users", "0", "--out", str(tmp_path / "b")], "synthetic.users = 0 must be >= 1"),
+        (["data", "synth", "--users", "5", "--out", str(tmp_path / "c"), "--set", "trian.epochs=1"], "unknown section(s) trian"),
+        (["data", "prepare", "--format", "nope", "--out", str(tmp_path / "d")], "invalid choice: 'nope'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("recfl: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_damaged_prepared_data_and_foreign_models_are_one_line(capsys, tmp_path, fixtures):
+    data, other = tmp_path / "ml", tmp_path / "synth"
+    assert main(["data", "prepare", "--format", "movielens-100k", "--path", str(fixtures / "ml100k"), "--out", str(data)]) == 0
+    assert main(["data", "synth", "--users", "30", "--items", "60", "--out", str(other)]) == 0
+    assert main(["train", "--data", str(other), "--out", str(tmp_path / "m"), "--epochs", "1", "--set", "train.batch_size=0"]) == 2
+    assert "train.batch_size = 0 must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--data", str(other), "--out", str(tmp_path / "m"), "--epochs", "1", "--set", "model.embed_dim=4"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--data", str(data), "--model", str(tmp_path / "m"), "--arm", "x", "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "do not match the vocabularies" in capsys.readouterr().err
+    (data / "test.parquet").write_bytes(b"not parquet")
+    assert main(["predict", "--data", str(data), "--popularity", "--arm", "x", "--out", str(tmp_path / "p.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "test.parquet: not a readable Parquet file" in err and err.count("\n") == 1
+    (other / "manifest.json").write_text("{broken")
+    assert main(["run", "--data", str(other), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json: damaged manifest" in err and err.count("\n") == 1

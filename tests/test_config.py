@@ -43,23 +43,47 @@ def test_missing_config_file(tmp_path):
 
 
 def test_default_toml_documents_the_real_defaults():
+    """Every registered section is in configs/default.toml with exactly the dataclass's defaults."""
+    import importlib
     from pathlib import Path
 
-    from ab_testing.evaluate import AbConfig
-    from cloud_pool.matching import MatchConfig
-    from cloud_pool.pool import PoolConfig
-    from device.sample_filter import FilterConfig
-    from device.tflite_trainer import FinetuneConfig
-    from recfl.dataset import DataConfig
-    from recfl.pipeline import RunConfig
-    from recfl.federated.simulate import FederatedConfig
-    from recfl.formats import SyntheticSpec
-    from streaming.settings import StreamConfig
-
     doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
-    sections = {"data": DataConfig, "synthetic": SyntheticSpec, "model": ModelConfig, "train": TrainConfig,
-                "pool": PoolConfig, "matching": MatchConfig, "federated": FederatedConfig, "ab": AbConfig,
-                "filter": FilterConfig, "finetune": FinetuneConfig,
-                "streaming": StreamConfig, "run": RunConfig}
-    for name, cls in sections.items():
+    assert set(doc) == set(config.SECTIONS)
+    for name, target in config.SECTIONS.items():
+        module, cls = target.split(":")
+        cls = getattr(importlib.import_module(module), cls)
         assert config.section(cls, doc, name) == cls(), name
+
+
+@pytest.mark.parametrize("text,overrides,message", [
+    ("", ["trian.epochs=5"], "unknown section(s) trian"),
+    ("train = 5\n", [], "[train] must be a table of settings, got 5"),
+    ("", ["train.epochs=0"], "train.epochs = 0 must be >= 1"),
+    ("", ["train.learning_rate=-0.1"], "train.learning_rate = -0.1 must be > 0"),
+    ("", ["model.hidden=[8, 0]"], "model.hidden = (8, 0) must be >= 1"),
+])
+def test_unknown_sections_and_out_of_range_values_are_refused(tmp_path, text, overrides, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(RecflError) as err:
+        doc = config.load(path, overrides)
+        config.section(ModelConfig if "model" in message else TrainConfig, doc, "model" if "model" in message else "train")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("rule,inside,outside", [
+    (">= 1", [1, 2.5], [0, -1]), ("> 0", [1e-9], [0]), ("<= 3", [3], [3.01]),
+    ("[0, 1]", [0, 1], [-0.01, 1.01]), ("(0, 1)", [0.5], [0, 1]), ("[0, 1)", [0], [1]), ("(0, 1]", [1], [0]),
+])
+def test_limits(rule, inside, outside):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Knob:
+        x: float
+
+    for value in inside:
+        config.check_limits(Knob(value), "s", x=rule)
+    for value in outside:
+        with pytest.raises(RecflError, match=r"s\.x = .* must be"):
+            config.check_limits(Knob(value), "s", x=rule)

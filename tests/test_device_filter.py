@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from device.sample_filter import (CLASSIFIER, FALLBACK, NO_CANDIDATES, FilterConfig, ItemKnowledge, features,
-                                  filter_candidates, fit_classifier)
+from device.sample_filter import CLASSIFIER, FALLBACK, NO_CANDIDATES, FilterConfig, ItemKnowledge, features, filter_candidates, fit_classifier
 from recfl.errors import RecflError
 from recfl.metrics import auc
 from recfl.vocab import Vocabulary

@@ -6,8 +6,8 @@ import gzip
 
 import numpy as np
 import pytest
-
 from conftest import shared
+
 from recfl.dataset import describe
 from recfl.errors import DataFormatError, RecflError
 from recfl.formats import load

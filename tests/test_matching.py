@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud_pool.matching import (MatchConfig, Matcher, match_candidates, parse_shard, read_candidates, shard_of, top_columns,
-                                 write_candidates)
+from cloud_pool.matching import MatchConfig, Matcher, match_candidates, parse_shard, read_candidates, shard_of, top_columns, write_candidates
 from cloud_pool.pool import open_store
 from cloud_pool.profiles import profile, profiles
 from recfl.errors import RecflError

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -79,6 +81,22 @@ def test_rerun_skips_everything_and_a_changed_setting_reruns_only_downstream(fin
     after = _stage_times(out)
     assert [name for name in after if after[name] != before[name]] == ["ab"]
     assert main(["run", "--out", str(out), "--config", str(_config(tmp))]) == 0  # back to the module's settings
+
+
+def test_a_changed_upstream_setting_reruns_downstream_on_fresh_outputs(finished):
+    """A new cloud model must reach the federated stages: no resume from the old run's checkpoint."""
+    tmp, out = finished
+    changed = tmp / "changed"
+    shutil.copytree(out, changed)  # keeps modification times
+    before = _stage_times(changed)
+    assert main(["run", "--out", str(changed), "--config", str(_config(tmp)), "--set", "train.epochs=2"]) == 0
+    after = _stage_times(changed)
+    assert [n for n in after if after[n] != before[n]] == [s.name for s in stages() if s.name not in ("data", "pool", "candidates")]
+    for algorithm in ("fedsubavg", "fedavg"):
+        rounds = (changed / algorithm / "metrics.jsonl").read_text().count('"train_loss"')
+        assert rounds == 3, algorithm  # every round ran again, none appended to the old run's
+        old, new = (np.load(d / algorithm / "model" / "params.npz") for d in (out, changed))
+        assert not np.array_equal(old["arr_0"], new["arr_0"])
 
 
 def test_killed_run_resumes_to_the_same_results(finished):

@@ -39,7 +39,7 @@ def test_split_fraction_and_single_event_users():
     train, test = split_by_time(events, 0.3)
     assert sorted(test["timestamp"]) == [80, 90, 100]
     assert test["user_id"].eq(1).all() and (train["user_id"] == 2).sum() == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(RecflError, match="test fraction"):
         split_by_time(events, 1.0)
 
 

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from kafka_fixtures import REPO
+
 from recfl.cli import main
 from recfl.errors import RecflError
 from streaming.broker import free_port, start_broker

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+from conftest import shared
 from kafka import KafkaProducer
+from kafka_fixtures import fetch_record, read_topic, wait_for_pool
 
 from cloud_pool.store import PoolStore
-from conftest import shared
-from kafka_fixtures import fetch_record, read_topic, wait_for_pool
 from recfl.cli import main
 from recfl.formats import SyntheticSpec, load
 from streaming.events import encode

@@ -6,8 +6,8 @@ import gzip
 
 import pandas as pd
 import pytest
-
 from conftest import shared
+
 from recfl.errors import RecflError
 from recfl.formats import SyntheticSpec, load
 from recfl.schema import EVENT_COLUMNS, conform, stable_id

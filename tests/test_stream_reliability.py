@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
-
-from cloud_pool.store import PoolStore
 from conftest import shared
 from kafka_fixtures import pool_count, read_topic, wait_for_pool
+
+from cloud_pool.store import PoolStore
 from recfl.formats import SyntheticSpec
 from streaming.broker import free_port
 from streaming.events import InvalidEvent, decode, encode

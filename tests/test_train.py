@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared
+
 from recfl.dataset import prepare
 from recfl.formats import load
 from recfl.train import TrainConfig, train_cloud_model

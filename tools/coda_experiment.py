@@ -31,8 +31,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from recfl import config
 
 log = logging.getLogger("coda_experiment")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.atomic import write_json_atomic
+from recfl.dataset import PreparedDataset
 from recfl.federated.simulate import FederatedConfig, simulate
 
 ALGORITHMS = ("fedavg", "fedsubavg")

@@ -17,9 +17,9 @@ def register(commands) -> None:
 
 
 def _predict(args) -> int:
-    import os
     from pathlib import Path
 
+    from recfl.atomic import atomic_path
     from recfl.dataset import PreparedDataset
     from recfl.metrics import ctr_metrics
     from recfl.schema import predictions_table
@@ -34,15 +34,14 @@ def _predict(args) -> int:
         from recfl.features import encode
         from recfl.model import load_model, predict
 
-        spec, params = load_model(Path(args.model))
+        spec, params = load_model(Path(args.model), data)
         examples = encode(test, data.train, data.item_vocab, data.category_vocab, data.items, spec.features)
         scores = predict(spec, params, examples.inputs())
     table = predictions_table(test, scores, args.arm)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
     print_json({"predictions": str(out), "arm": args.arm, "rows": len(table), "users": int(table["user_id"].nunique()),
                 "test": ctr_metrics(table["user_id"].to_numpy(), table["label"].to_numpy(), table["score"].to_numpy())})
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from recfl import config
-from recfl.dataset import PreparedDataset, write_json_atomic
+from recfl.atomic import atomic_path, write_json_atomic
+from recfl.dataset import PreparedDataset
 from recfl.errors import RecflError
+from recfl.features import Encoder
 from recfl.federated.clients import Population
 from recfl.federated.computations import ClientWork
 from recfl.federated.process import ALGORITHMS, FederatedProcess, Heat, RowCoefficients, ServerState
 from recfl.federated.runtime import Runtime
 from recfl.federated.sampling import Availability, sample_clients
-from recfl.features import Encoder
 from recfl.metrics import ctr_metrics
 from recfl.model import ModelConfig, ModelParams, ModelSpec, init_params, load_model, predict, save_model
 
@@ -58,8 +58,9 @@ class FederatedConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise RecflError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if min(self.rounds, self.clients_per_round, self.local_epochs, self.batch_size, self.eval_every, self.chunk_clients) < 1:
-            raise RecflError("rounds, clients_per_round, local_epochs, batch_size, eval_every and chunk_clients must be >= 1")
+        config.check_limits(self, "federated", rounds=">= 1", clients_per_round=">= 1", local_epochs=">= 1", batch_size=">= 1",
+                            eval_every=">= 1", chunk_clients=">= 1", client_lr="> 0", server_lr="> 0",
+                            online_probability="(0, 1]", diurnal_amplitude="[0, 1]", hours_per_round="> 0")
 
     @property
     def work(self) -> ClientWork:
@@ -71,11 +72,8 @@ class FederatedConfig:
 
 
 def _save_checkpoint(path: Path, state: ServerState) -> None:
-    tmp = path.with_name("checkpoint.tmp.npz")
-    np.savez(tmp, round=np.int64(state.round), *state.params.arrays())
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, durable=True) as tmp:
+        np.savez(tmp, round=np.int64(state.round), *state.params.arrays())
 
 
 def _load_checkpoint(path: Path) -> ServerState:
@@ -180,6 +178,6 @@ def _heat(out: Path, fed: FederatedConfig, population: Population, spec: ModelSp
     step = 1000
     batches = (population.clients(np.arange(lo, min(lo + step, len(population)))) for lo in range(0, len(population), step))
     heat = process.heat(batches)
-    np.savez(path.with_name("heat.tmp.npz"), item=heat.item, cat=heat.cat, total=heat.total)
-    os.replace(path.with_name("heat.tmp.npz"), path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, item=heat.item, cat=heat.cat, total=heat.total)
     return heat

@@ -2,7 +2,7 @@
 
 Label rule: ``label = 1`` when ``overall`` >= 4, else 0. The files carry no
 category, so ``category_id`` is -1 and items have no categories. String ids
-(``reviewerID``, ``asin``) are mapped to int64 with :func:`recfl.schema.stable_id`.
+(``reviewerID``, ``asin``) are mapped to int64 with :func:`recfl.schema.stable_ids`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 
 from recfl.errors import DataFormatError
 from recfl.formats.base import SourceData, drop_impossible_timestamps, read_text, require_file
-from recfl.schema import NO_CATEGORY, assign_event_ids, conform, items_from_events, stable_id
+from recfl.schema import NO_CATEGORY, assign_event_ids, conform, items_from_events, stable_ids
 
 LABEL_RULE = "label = overall >= 4; no categories"
 _FIELDS = {"reviewerID": str, "asin": str, "overall": (int, float), "unixReviewTime": int}
@@ -47,8 +47,8 @@ def load(path: str | Path) -> SourceData:
         raise DataFormatError(path, "file is empty")
     rating = np.asarray(ratings)
     events = conform(assign_event_ids(pd.DataFrame({
-        "user_id": np.fromiter(map(stable_id, users), dtype=np.int64, count=len(users)),
-        "item_id": np.fromiter(map(stable_id, items), dtype=np.int64, count=len(items)),
+        "user_id": stable_ids(users),
+        "item_id": stable_ids(items),
         "category_id": np.full(len(lines), NO_CATEGORY, dtype=np.int64),
         "label": (rating >= 4).astype(np.int8),
         "timestamp": np.asarray(stamps, dtype=np.int64),

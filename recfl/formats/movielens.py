@@ -15,7 +15,13 @@ import pandas as pd
 
 from recfl.errors import DataFormatError, RecflError
 from recfl.formats.base import (
-    SourceData, drop_impossible_timestamps, integral, parse_delimited, read_delimited, read_text, require_file,
+    SourceData,
+    drop_impossible_timestamps,
+    integral,
+    parse_delimited,
+    read_delimited,
+    read_text,
+    require_file,
 )
 from recfl.schema import NO_CATEGORY, assign_event_ids, conform, item_table, stable_id
 

@@ -10,11 +10,13 @@ clicks. Vectorised, so millions of events take seconds.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from recfl.config import check_limits
 from recfl.formats.base import SourceData
 from recfl.schema import conform
 
@@ -37,6 +39,10 @@ class SyntheticSpec:
     days: int = 30
     seed: int = 0
 
+    def __post_init__(self):
+        check_limits(self, "synthetic", users=">= 1", items=">= 1", categories=">= 1", clusters=">= 1",
+                     events_per_user=">= 2", item_zipf=">= 0", category_zipf=">= 0", factors=">= 1", days=">= 1")
+
 
 def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     """Power-law weights over ``n`` entries in random order, summing to 1."""
@@ -46,8 +52,6 @@ def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarr
 
 def generate(spec: SyntheticSpec = SyntheticSpec()) -> SourceData:
     """Draw the events and the item table described by ``spec``."""
-    if min(spec.users, spec.items, spec.categories, spec.clusters) < 1 or spec.events_per_user < 2:
-        raise ValueError("synthetic spec needs >= 1 user, item, category, cluster and >= 2 events per user")
     rng = np.random.default_rng(spec.seed)
     k, r = spec.categories, spec.factors
 
@@ -89,9 +93,10 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> SourceData:
     span = spec.days * 86_400
     timestamp = START_TIMESTAMP + rng.integers(span, size=user.size)
     order = np.lexsort((timestamp, user))
+    source = "synthetic-" + hashlib.blake2b(repr(spec).encode(), digest_size=6).hexdigest()  # ids differ across specs
 
     events = conform(pd.DataFrame({
-        "event_id": [f"synthetic-{spec.seed}:{i}" for i in range(user.size)],
+        "event_id": [f"{source}:{i}" for i in range(user.size)],
         "user_id": user[order],
         "item_id": item[order],
         "category_id": item_cat[item[order]],

@@ -36,12 +36,12 @@ def _case_data(name: str, root: Path, quick: bool):
 
 
 def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
+    from recfl.features import Encoder
     from recfl.federated.clients import Population
     from recfl.federated.computations import ClientWork
     from recfl.federated.process import FederatedProcess, RowCoefficients, upload_bytes
     from recfl.federated.reference import build_tff_fedavg, client_dataset
     from recfl.federated.runtime import Runtime
-    from recfl.features import Encoder
     from recfl.model import ModelConfig, ModelSpec, init_params
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,41 @@
+"""Atomic file writes: write beside the target, then rename, so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); rename it over ``path`` on success.
+
+    With ``durable`` the file and its folder are fsynced, so the rename survives
+    a power cut, not only a crash of this process. A failed write leaves
+    ``path`` untouched and removes the temporary file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    """``payload`` as indented JSON at ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
