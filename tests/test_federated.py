@@ -97,6 +97,36 @@ def test_round_matches_the_numpy_reference(tff_runtime, algorithm):
     assert (metrics.clients, metrics.examples, state.round) == (2, 8, 1)
 
 
+@pytest.mark.parametrize("algorithm", ["fedsubavg", "fedavg"])
+def test_tff_iterative_process_matches_the_reference_and_the_host_round(tff_runtime, algorithm):
+    """The tff.templates.IterativeProcess (federated_select, in-TFF server update) computes the same round."""
+    import tensorflow_federated as tff
+
+    from recfl.federated.tff_process import SelectProcess, build_fedsubavg_process, client_value, params_of
+
+    params = init_params(SPEC, 3)
+    coefficients = RowCoefficients.for_algorithm(algorithm, SPEC, _heat_by_hand())
+    process = build_fedsubavg_process(SPEC, WORK, coefficients, params, capacity=(16, 8))
+    assert isinstance(process, tff.templates.IterativeProcess)
+    assert str(process.next.type_signature.parameter[0]).endswith("@SERVER")
+    state = tff_runtime.invoke(process.initialize)
+    assert state["round"] == 0 and np.array_equal(params_of(state, SPEC).item_emb, params.item_emb)
+    clients = [client_value(CLIENTS[i][0], (16, 8), (7, k)) for k, i in enumerate(SAMPLED)]
+    state, metrics = tff_runtime.invoke(process.next, (state, clients))
+    got = params_of(state, SPEC)
+    for value, want in zip(got.arrays(), _reference_round(params, coefficients)):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(got.item_emb[11], params.item_emb[11]) and np.array_equal(got.item_emb[9], params.item_emb[9])
+    assert state["round"] == 1 and metrics["examples"] == 8
+    host = FederatedProcess(SPEC, WORK, coefficients, tff_runtime)
+    select = SelectProcess(SPEC, WORK, coefficients, tff_runtime)
+    a, ma = host.next(host.initialize(params), [CLIENTS[i][0] for i in SAMPLED], seed=7)
+    b, mb = select.next(select.initialize(params), [CLIENTS[i][0] for i in SAMPLED], seed=7)
+    for x, y in zip(a.params.arrays(), b.params.arrays()):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert (ma.examples, ma.upload_bytes) == (mb.examples, mb.upload_bytes) and ma.train_loss == pytest.approx(mb.train_loss)
+
+
 def test_fedavg_with_unit_coefficients_equals_dense_fedavg(tff_runtime):
     """Sparse submodel training + coefficient 1 == plain weighted FedAvg over the full model."""
     params = init_params(SPEC, 5)
@@ -216,23 +246,38 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_p
 
 
 def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path):
+    """Two `recfl worker` processes split each round's chunks and reach the one-worker result;
+    the TFF iterative process (federated_select) reaches it too."""
+    import signal
+    import subprocess
+    import sys
+
     import psutil
 
-    from recfl.federated.runtime import LocalWorker
+    from recfl.federated.runtime import free_port, wait_ready
     from recfl.federated.simulate import FederatedConfig, simulate
     from recfl.model import ModelConfig
 
     fed = FederatedConfig(rounds=3, clients_per_round=8, eval_every=3, seed=4, chunk_clients=3)
     model = ModelConfig(embed_dim=4, hidden=(8,))
     simulate(small_data, tmp_path / "one", fed, model, progress=False)
-    workers = [LocalWorker(), LocalWorker()]
+    ports = [free_port(), free_port()]
+    servers = [subprocess.Popen([sys.executable, "-m", "recfl.cli", "worker", "--port", str(p)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for p in ports]
     try:
-        before = [psutil.Process(w.process.pid).cpu_times().user for w in workers]
-        simulate(small_data, tmp_path / "two", fed, model, workers=[w.address for w in workers], progress=False)
-        after = [psutil.Process(w.process.pid).cpu_times().user for w in workers]
+        for port in ports:
+            wait_ready(f"localhost:{port}", timeout=60)
+        binaries = [c for s in servers for c in psutil.Process(s.pid).children(recursive=True) if "worker_binary" in " ".join(c.cmdline())]
+        before = [b.cpu_times().user for b in binaries]
+        simulate(small_data, tmp_path / "two", fed, model, workers=[f"localhost:{p}" for p in ports], progress=False)
+        after = [b.cpu_times().user for b in binaries]
     finally:
-        for w in workers:
-            w.stop()
-    assert all(b > a for a, b in zip(before, after))  # both workers computed
-    for a, b in zip(_final_params(tmp_path / "one"), _final_params(tmp_path / "two")):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        for server in servers:
+            server.send_signal(signal.SIGINT)
+        for server in servers:
+            assert server.wait(15) == 0  # Ctrl-C stops a worker cleanly
+    assert len(binaries) == 2 and all(b > a for a, b in zip(before, after))  # both workers computed
+    simulate(small_data, tmp_path / "select", FederatedConfig(**{**fed.__dict__, "distributor": "select"}), model, progress=False)
+    for one, two, select in zip(*(_final_params(tmp_path / d) for d in ("one", "two", "select"))):
+        np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(one, select, rtol=1e-5, atol=1e-6)

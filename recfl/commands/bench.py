@@ -14,11 +14,20 @@ from pathlib import Path
 
 def register(commands) -> None:
     bench = commands.add_parser("bench", help="run the benchmarks and print figures against in-run references")
-    bench.add_argument("--quick", action="store_true", help="smaller cases (a smoke run in a few minutes)")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="small cases: a smoke run in a few minutes")
+    size.add_argument("--scale", dest="size", action="store_const", const="scale",
+                      help="add the large cases (100,000 users and clients, 5M pool samples); about an hour")
+    bench.set_defaults(size="standard")
     bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     bench.add_argument("--out", default="runs/bench.json", metavar="FILE", help="where to write the figures as JSON")
-    bench.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (for the README)")
+    bench.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    bench.add_argument("--readme", metavar="FILE", help="replace the performance table between the "
+                       f"'{START}' and '{END}' lines of FILE (e.g. README.md) with this run's table")
     bench.set_defaults(handler=_bench)
+
+
+START, END = "<!-- recfl bench: start -->", "<!-- recfl bench: end -->"
 
 
 def machine() -> dict:
@@ -37,6 +46,14 @@ def _fmt(value) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def describe(report: dict) -> str:
+    """One line: the command, the date, the machine and how long it took."""
+    m = report["machine"]
+    return (f"`{report['command']}` on {report['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+            f"Python {m['python']}, TensorFlow {m['tensorflow']}, TFF {m['tensorflow_federated']}; "
+            f"{sum(report['seconds'].values()) / 60:.1f} minutes")
 
 
 def table(figures: list[dict]) -> str:
@@ -59,23 +76,41 @@ def _bench(args) -> int:
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise RecflError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}")
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None:
+        _replace_section(readme, "")  # refuse a file without the markers before an hour of work
     figures, seconds = [], {}
     for name in tqdm(names, desc="benchmarks", unit="bench"):
         started = time.time()
-        for figure in importlib.import_module(f"tools.bench.{name}").run(args.quick):
+        for figure in importlib.import_module(f"tools.bench.{name}").run(args.size):
             figures.append({**figure.__dict__, "ratio": figure.ratio})
         seconds[name] = round(time.time() - started, 1)
+    flags = {"quick": " --quick", "scale": " --scale", "standard": ""}[args.size]
     report = {
         "date": datetime.date.today().isoformat(),
-        "command": "recfl " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("recfl") else "recfl bench",
-        "machine": machine(), "seconds": seconds, "figures": figures,
+        "command": f"recfl bench{flags}" + (f" --only {' '.join(names)}" if args.only else ""),
+        "size": args.size, "machine": machine(), "seconds": seconds, "figures": figures,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    text = table(figures)
+    text = f"{describe(report)}\n\n{table(figures)}"
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
+    if readme is not None:
+        _replace_section(readme, text)
     print(text)
     print(f"\n{len(figures)} figures from {len(names)} benchmarks in {sum(seconds.values()):.0f}s; JSON in {out}", file=sys.stderr)
     return 0
+
+
+def _replace_section(path: Path, text: str) -> None:
+    """Put ``text`` between the START and END marker lines of ``path`` (with ``text=""``: only check them)."""
+    from recfl.errors import RecflError
+
+    content = path.read_text() if path.is_file() else ""
+    if content.count(START) != 1 or content.count(END) != 1 or content.index(START) > content.index(END):
+        raise RecflError(f"{path}: needs one '{START}' line and one '{END}' line after it")
+    if text:
+        head, rest = content.split(START)
+        path.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")

@@ -21,6 +21,8 @@ def register(commands) -> None:
     sim.add_argument("--pool", metavar="POOLDIR", help="simulate only the pool's device users")
     sim.add_argument("--resume", action="store_true", help="continue RUNDIR from its last checkpoint")
     sim.add_argument("--workers", metavar="HOST:PORT,...", help="run on these TFF workers (see `recfl worker`)")
+    sim.add_argument("--distributor", choices=["host", "select"],
+                     help="how clients get their rows: gathered by the server (default) or tff.federated_select")
     add_config_args(sim)
     sim.set_defaults(handler=_simulate)
 
@@ -38,7 +40,7 @@ def _simulate(args) -> int:
     doc = config.load(args.config, args.overrides)
     fed = config.section(FederatedConfig, doc, "federated", algorithm=args.algorithm, rounds=args.rounds,
                          clients_per_round=args.clients_per_round, local_epochs=args.local_epochs,
-                         eval_every=args.eval_every, seed=args.seed)
+                         eval_every=args.eval_every, seed=args.seed, distributor=args.distributor)
     users = None
     if args.pool:
         from cloud_pool.pool import load_split

@@ -34,7 +34,8 @@ def dense_names(spec: ModelSpec) -> list[str]:
     return [f"{'w' if k % 2 == 0 else 'b'}{k // 2}" for k in range(len(spec.dense_shapes()))]
 
 
-def _types(spec: ModelSpec):
+def types(spec: ModelSpec):
+    """TFF types of the dense layers, of a client's input (rows gathered by the host) and of a heat upload."""
     import tensorflow_federated as tff
 
     d = spec.embed_dim
@@ -54,15 +55,33 @@ def _types(spec: ModelSpec):
     return dense, client, heat_client
 
 
+def sparse_type(width: int):
+    """Rows of one table: ``ids`` and their ``rows``."""
+    import tensorflow_federated as tff
+
+    return tff.StructWithPythonType(
+        [("ids", tff.TensorType(np.int32, [None])), ("rows", tff.TensorType(np.float32, [None, width]))],
+        collections.OrderedDict,
+    )
+
+
+def aggregate_type(spec: ModelSpec):
+    """The type of summed uploads: per-row sums, dense sums, examples, weighted loss."""
+    import tensorflow_federated as tff
+
+    dense_t, _, _ = types(spec)
+    return tff.StructWithPythonType([
+        ("item", sparse_type(spec.embed_dim)), ("cat", sparse_type(spec.embed_dim)), ("dense", dense_t),
+        ("examples", tff.TensorType(np.float32)), ("loss", tff.TensorType(np.float32)),
+    ], collections.OrderedDict)
+
+
 def _sparse_sum(values, width: int):
     """Per-row sums of (ids, rows) uploads: concatenate, then de-duplicate in the report."""
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    sparse = tff.StructWithPythonType(
-        [("ids", tff.TensorType(np.int32, [None])), ("rows", tff.TensorType(np.float32, [None, width]))],
-        collections.OrderedDict,
-    )
+    sparse = sparse_type(width)
 
     @tff.tensorflow.computation
     def zero():
@@ -78,6 +97,38 @@ def _sparse_sum(values, width: int):
         return collections.OrderedDict(ids=ids, rows=tf.math.unsorted_segment_sum(a["rows"], segment, tf.size(ids)))
 
     return tff.federated_aggregate(values, zero(), concat, concat, report)
+
+
+def aggregate(uploads, spec: ModelSpec):
+    """Sum client uploads at the server: per-row sparse sums, dense, examples and loss (unnormalised)."""
+    import tensorflow_federated as tff
+
+    return tff.federated_zip(collections.OrderedDict(
+        item=_sparse_sum(uploads.item, spec.embed_dim),
+        cat=_sparse_sum(uploads.cat, spec.embed_dim),
+        dense=tff.federated_sum(uploads.dense),
+        examples=tff.federated_sum(uploads.examples),
+        loss=tff.federated_sum(uploads.loss),
+    ))
+
+
+def client_update(dense, item_keys, item_rows, cat_keys, cat_rows, x, work: ClientWork, names: list[str]):
+    """A client's whole upload: local SGD from its rows, then ids, example-weighted deltas, its count.
+
+    The only thing that leaves a client, whichever way its rows arrived.
+    """
+    import tensorflow as tf
+
+    start = [item_rows, cat_rows, *(dense[n] for n in names)]
+    end, loss = local_sgd(start, x, work)
+    n = tf.cast(tf.shape(x["label"])[0], tf.float32)
+    return collections.OrderedDict(
+        item=collections.OrderedDict(ids=item_keys, rows=n * (end[0] - start[0])),
+        cat=collections.OrderedDict(ids=cat_keys, rows=n * (end[1] - start[1])),
+        dense=collections.OrderedDict((name, n * (e - s)) for name, s, e in zip(names, start[2:], end[2:])),
+        examples=n,
+        loss=n * loss,
+    )
 
 
 def local_sgd(params: list, x, work: ClientWork):
@@ -122,32 +173,16 @@ def build(spec: ModelSpec, work: ClientWork) -> Computations:
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    dense_t, client_t, heat_t = _types(spec)
+    dense_t, client_t, heat_t = types(spec)
     names = dense_names(spec)
 
     @tff.tensorflow.computation(dense_t, client_t)
     def client_work(dense, x):
-        start = [x["item_rows"], x["cat_rows"], *(dense[n] for n in names)]
-        end, loss = local_sgd(start, x, work)
-        n = tf.cast(tf.shape(x["label"])[0], tf.float32)
-        return collections.OrderedDict(
-            item=collections.OrderedDict(ids=x["item_keys"], rows=n * (end[0] - start[0])),
-            cat=collections.OrderedDict(ids=x["cat_keys"], rows=n * (end[1] - start[1])),
-            dense=collections.OrderedDict((name, n * (e - s)) for name, s, e in zip(names, start[2:], end[2:])),
-            examples=n,
-            loss=n * loss,
-        )
+        return client_update(dense, x["item_keys"], x["item_rows"], x["cat_keys"], x["cat_rows"], x, work, names)
 
     @tff.federated_computation(tff.FederatedType(dense_t, tff.SERVER), tff.FederatedType(client_t, tff.CLIENTS))
     def round_partial(dense, clients):
-        up = tff.federated_map(client_work, (tff.federated_broadcast(dense), clients))
-        return tff.federated_zip(collections.OrderedDict(
-            item=_sparse_sum(up.item, spec.embed_dim),
-            cat=_sparse_sum(up.cat, spec.embed_dim),
-            dense=tff.federated_sum(up.dense),
-            examples=tff.federated_sum(up.examples),
-            loss=tff.federated_sum(up.loss),
-        ))
+        return aggregate(tff.federated_map(client_work, (tff.federated_broadcast(dense), clients)), spec)
 
     @tff.tensorflow.computation(heat_t)
     def heat_upload(x):

@@ -117,7 +117,7 @@ class FederatedProcess:
 
     def __init__(self, spec: ModelSpec, work: computations.ClientWork, coefficients: RowCoefficients, runtime: Runtime,
                  server_lr: float = 1.0, chunk_clients: int = 100):
-        self.spec, self.coefficients, self.runtime = spec, coefficients, runtime
+        self.spec, self.work, self.coefficients, self.runtime = spec, work, coefficients, runtime
         self.server_lr, self.chunk_clients = server_lr, chunk_clients
         self.comps = computations.build(spec, work)
         self.names = computations.dense_names(spec)
@@ -164,16 +164,35 @@ class FederatedProcess:
         return [inputs[i : i + size] for i in range(0, len(inputs), size)]
 
 
+def server_step(item_emb, cat_emb, dense: list, item_coef, cat_coef, total, names: list[str], server_lr: float):
+    """The server update in TF ops: the FedSubAvg/FedAvg row rule on the tables, weighted FedAvg on dense layers.
+
+    ``total`` holds the round's summed uploads (see
+    :func:`recfl.federated.computations.aggregate_type`). Used inside the TFF
+    process and, eagerly, by :func:`apply_update`; a round without examples
+    changes nothing. Returns (item table, category table, dense list).
+    """
+    import tensorflow as tf
+
+    examples = tf.cast(total["examples"], tf.float32)
+    scale = tf.where(examples > 0, server_lr / tf.maximum(examples, 1e-30), 0.0)
+
+    def rows(table, coef, up):
+        ids = tf.cast(up["ids"], tf.int32)
+        return tf.tensor_scatter_nd_add(table, ids[:, None], scale * tf.gather(coef, ids)[:, None] * up["rows"])
+
+    return (rows(item_emb, item_coef, total["item"]), rows(cat_emb, cat_coef, total["cat"]),
+            [w + scale * total["dense"][n] for w, n in zip(dense, names)])
+
+
 def apply_update(params: ModelParams, parts: list[dict], coefficients: RowCoefficients, server_lr: float,
                  width: int, names: list[str]) -> ModelParams:
-    """The server step: the FedSubAvg/FedAvg row rule on the tables, weighted FedAvg on dense layers."""
-    new = params.copy()
-    total = sum(float(p["examples"]) for p in parts)
-    if total == 0:
-        return new
-    for table, coef, key in ((new.item_emb, coefficients.item, "item"), (new.cat_emb, coefficients.cat, "cat")):
+    """Merge the chunks' partial sums (float64), then apply :func:`server_step`."""
+    total = {"examples": np.float32(sum(float(p["examples"]) for p in parts)),
+             "dense": {n: sum(np.asarray(p["dense"][n], np.float64) for p in parts).astype(np.float32) for n in names}}
+    for key in ("item", "cat"):
         ids, sums = _merge_sparse([p[key] for p in parts], width)
-        table[ids] += (server_lr * coef[ids, None] * sums / total).astype(np.float32)
-    for k, name in enumerate(names):
-        new.dense[k] += (server_lr * sum(np.asarray(p["dense"][name], np.float64) for p in parts) / total).astype(np.float32)
-    return new
+        total[key] = {"ids": ids.astype(np.int32), "rows": sums.astype(np.float32)}
+    item, cat, dense = server_step(params.item_emb, params.cat_emb, params.dense, coefficients.item, coefficients.cat,
+                                   total, names, server_lr)
+    return ModelParams.from_arrays([np.asarray(a) for a in (item, cat, *dense)])

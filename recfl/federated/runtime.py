@@ -70,7 +70,7 @@ class LocalWorker:
         sink = open(log_path, "ab") if log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                [str(worker_binary()), f"--port={self.port}", "--max_concurrent_computation_calls=-1"],
+                worker_command(self.port),
                 stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, close_fds=True,
                 preexec_fn=_die_with_parent(os.getpid()) if tie_to_parent else None,
             )
@@ -153,12 +153,10 @@ class Runtime:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def worker_peak_rss_mb(self) -> float | None:
-        """Peak resident memory of the local worker process (None with remote workers)."""
-        if self._local is None:
-            return None
-        status = Path(f"/proc/{self._local.process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+    @property
+    def local_worker_pid(self) -> int | None:
+        """The process id of the worker this runtime started (None with remote workers)."""
+        return None if self._local is None else self._local.process.pid
 
     def invoke(self, computation, arg=None):
         """Run one computation on the first worker and return its result."""
@@ -182,13 +180,19 @@ class Runtime:
         return results
 
 
+def worker_command(port: int) -> list[str]:
+    """The command line of a worker serving on ``port`` (any number of concurrent calls)."""
+    return [str(worker_binary()), f"--port={port}", "--max_concurrent_computation_calls=-1"]
+
+
 def serve(port: int) -> int:
-    """Run a worker in the foreground (``recfl worker``) until interrupted."""
-    binary = worker_binary()
+    """Run a worker in the foreground (``recfl worker``) until interrupted; Ctrl-C is a clean stop (exit 0)."""
+    command = worker_command(port)
     print(f"TFF worker listening on 0.0.0.0:{port} (connect with --workers HOST:{port}); Ctrl-C stops it", flush=True)
-    process = subprocess.Popen([str(binary), f"--port={port}", "--max_concurrent_computation_calls=-1"], stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         return process.wait()
     except KeyboardInterrupt:
         process.send_signal(signal.SIGINT)
-        return process.wait()
+        process.wait()
+        return 0

@@ -30,10 +30,14 @@ from recfl.federated.computations import ClientWork
 from recfl.federated.process import ALGORITHMS, FederatedProcess, Heat, RowCoefficients, ServerState
 from recfl.federated.runtime import Runtime
 from recfl.federated.sampling import Availability, sample_clients
+from recfl.federated.tff_process import SelectProcess
 from recfl.metrics import ctr_metrics
 from recfl.model import ModelConfig, ModelParams, ModelSpec, init_params, load_model, predict, save_model
 
 log = logging.getLogger(__name__)
+
+# How rows reach the clients: both run the same client work, aggregation and server step.
+DISTRIBUTORS = {"host": FederatedProcess, "select": SelectProcess}
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,13 @@ class FederatedConfig:
     diurnal_amplitude: float = 0.5
     hours_per_round: float = 1.0
     chunk_clients: int = 50
+    distributor: str = "host"  # host: rows gathered by the server, chunks over workers | select: the TFF process (federated_select)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise RecflError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.distributor not in DISTRIBUTORS:
+            raise RecflError(f"unknown distributor {self.distributor!r}; choose one of {', '.join(DISTRIBUTORS)}")
         config.check_limits(self, "federated", rounds=">= 1", clients_per_round=">= 1", local_epochs=">= 1", batch_size=">= 1",
                             eval_every=">= 1", chunk_clients=">= 1", client_lr="> 0", server_lr="> 0",
                             online_probability="(0, 1]", diurnal_amplitude="[0, 1]", hours_per_round="> 0")
@@ -102,6 +109,9 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
              init: Path | None = None, resume: bool = False, workers: list[str] | None = None,
              users: np.ndarray | None = None, progress: bool = True) -> dict:
     """Run (or resume) a simulation and return its summary."""
+    if fed.distributor == "select" and workers and len(workers) > 1:
+        raise RecflError("federated.distributor = 'select' runs each round as one TFF computation on one worker; "
+                         "use the 'host' distributor to spread rounds over several --workers")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec.build(model_config, data.item_vocab.size, data.category_vocab.size)
@@ -129,7 +139,7 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
     with Runtime(workers, log_dir=out) as runtime:
         heat = _heat(out, fed, population, spec, runtime)
         coefficients = RowCoefficients.for_algorithm(fed.algorithm, spec, heat)
-        process = FederatedProcess(spec, fed.work, coefficients, runtime, fed.server_lr, fed.chunk_clients)
+        process = DISTRIBUTORS[fed.distributor](spec, fed.work, coefficients, runtime, fed.server_lr, fed.chunk_clients)
         state = _load_checkpoint(checkpoint) if resume and checkpoint.is_file() else process.initialize(_start(spec, model_config, init))
         lines = _metric_lines(metrics_path, state.round)
         metrics_path.write_text("".join(line + "\n" for line in lines))

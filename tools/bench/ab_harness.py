@@ -44,7 +44,8 @@ def _naive_resample(arms: dict[str, pd.DataFrame], users: np.ndarray, rng: np.ra
         _point_metrics(resampled)
 
 
-def run(quick: bool) -> list[Figure]:
+def run(size: str) -> list[Figure]:
+    quick = size == "quick"
     from ab_testing.evaluate import AbConfig, evaluate
     from ab_testing.predictions import from_frame
     from tools.ab_simulate import SimArm, simulate
@@ -79,6 +80,6 @@ def run(quick: bool) -> list[Figure]:
 if __name__ == "__main__":
     import sys
 
-    for figure in run("--quick" in sys.argv):
+    for figure in run("quick" if "--quick" in sys.argv else "standard"):
         print(f"{figure.metric}: {figure.value:.2f} {figure.unit} vs {figure.reference}: {figure.reference_value:.2f} "
               f"{figure.unit} (ratio {figure.ratio:.4f})")

@@ -80,7 +80,8 @@ def _latency(run_consumer, settings, messages, rate: float) -> np.ndarray:
     return result["value"]
 
 
-def run(quick: bool) -> list[Figure]:
+def run(size: str) -> list[Figure]:
+    quick = size == "quick"
     from recfl.formats import SyntheticSpec
     from streaming.broker import start_broker
     from streaming.producer import produce, replay_messages

@@ -1,6 +1,6 @@
 """What CoDA costs one device: .tflite size, download, classifier and fine-tuning time, memory.
 
-A synthetic data set (full mode: the ``[synthetic]`` defaults, 2,000 users x
+A synthetic data set (standard: the ``[synthetic]`` defaults, 2,000 users x
 5,000 items; quick mode: 600 users x 2,000 items) gets a pool of half the
 users, a cloud model trained on them (one epoch: cost, not quality, is
 measured here) and coarse-matched candidates with the default budget. Then
@@ -16,16 +16,13 @@ Peak memory is measured in fresh processes: the interpreter loading the
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
-import resource
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tools.bench import Figure, median_seconds
+from tools.bench import Figure, in_fresh_process, median_seconds, peak_rss_mb
 
 BENCH = "device"
 
@@ -39,16 +36,6 @@ class Scale:
 
 QUICK = Scale(600, 2_000, 20)
 FULL = Scale(2_000, 5_000, 100)
-
-
-def _fresh(fn, *args):
-    """``fn(*args)`` in a new interpreter, so its peak memory is its own."""
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _setup(scale: Scale, root: Path) -> None:
@@ -136,7 +123,7 @@ def _memory(root: Path, tflite: str, steps: int, runtime: str) -> dict:
                      rng.integers(0, 400, (n, spec.history)).astype(np.int32), (rng.random(n) < 0.3).astype(np.float32),
                      np.zeros(n, np.int64), np.zeros(n, np.int64))
     weights = init_params(device_spec, 0)
-    baseline = _peak_mb()
+    baseline = peak_rss_mb()
     if runtime == "tflite":
         trainer = DeviceTrainer(Path(tflite), device_spec)
         trainer.set_params(weights)
@@ -154,18 +141,18 @@ def _memory(root: Path, tflite: str, steps: int, runtime: str) -> dict:
 
         for _ in range(steps):
             step(batch.item, batch.cats, batch.hist, batch.label)
-    return {"baseline_mb": baseline, "peak_mb": _peak_mb()}
+    return {"baseline_mb": baseline, "peak_mb": peak_rss_mb()}
 
 
-def run(quick: bool) -> list[Figure]:
-    scale = QUICK if quick else FULL
+def run(size: str) -> list[Figure]:
+    scale = QUICK if size == "quick" else FULL
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _fresh(_setup, scale, root)
-        got = _fresh(_devices, scale, root)
+        in_fresh_process(_setup, scale, root)
+        got = in_fresh_process(_devices, scale, root)
         r = {k: np.asarray(v) for k, v in got["reports"].items()}
         steps = int(np.median(r["steps"]))
-        mem = {name: _fresh(_memory, root, got["tflite"], steps, name) for name in ("tflite", "tf")}
+        mem = {name: in_fresh_process(_memory, root, got["tflite"], steps, name) for name in ("tflite", "tf")}
     n = len(r["user_id"])
     down = r["submodel_bytes"] + r["candidate_bytes"]
     classified = r["filter_path"] == "classifier"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.bench import Figure
+from tools.bench import Figure, median_seconds, peak_rss_mb
 
 BENCH = "federated"
 SHARED_ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
@@ -35,6 +35,34 @@ def _case_data(name: str, root: Path, quick: bool):
     return prepare(load("synthetic", None, spec), root / name), f"synthetic, {items:,}-row item table"
 
 
+def _aggregation(spec, clients, runtime) -> tuple[float, float]:
+    """Seconds to sum one round's embedding uploads in TFF: sparse (ids + rows per client, recfl)
+    vs dense (a full ``[V, d]`` delta per client, as FedAvg uploads); same touched rows and values."""
+    import tensorflow_federated as tff
+
+    from recfl.federated.computations import _sparse_sum, sparse_type
+
+    d, rng = spec.embed_dim, np.random.default_rng(0)
+    sparse = [{"ids": c.submodel.item_rows, "rows": rng.standard_normal((len(c.submodel.item_rows), d)).astype(np.float32)}
+              for c in clients]
+    dense = []
+    for up in sparse:
+        table = np.zeros((spec.item_rows, d), np.float32)
+        table[up["ids"]] = up["rows"]
+        dense.append(table)
+
+    @tff.federated_computation(tff.FederatedType(sparse_type(d), tff.CLIENTS))
+    def sparse_sum(uploads):
+        return _sparse_sum(uploads, d)
+
+    @tff.federated_computation(tff.FederatedType(tff.TensorType(np.float32, [spec.item_rows, d]), tff.CLIENTS))
+    def dense_sum(uploads):
+        return tff.federated_sum(uploads)
+
+    return (median_seconds(lambda: runtime.invoke(sparse_sum, sparse), repeats=3),
+            median_seconds(lambda: runtime.invoke(dense_sum, dense), repeats=3))
+
+
 def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
     from recfl.features import Encoder
     from recfl.federated.clients import Population
@@ -42,6 +70,7 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
     from recfl.federated.process import FederatedProcess, RowCoefficients, upload_bytes
     from recfl.federated.reference import build_tff_fedavg, client_dataset
     from recfl.federated.runtime import Runtime
+    from recfl.federated.tff_process import SelectProcess
     from recfl.model import ModelConfig, ModelSpec, init_params
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,9 +98,16 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
                 if k:
                     times.append(metrics.seconds)
             ours = float(np.median(times))
-            ours_mem = runtime.worker_peak_rss_mb()
+            ours_mem = peak_rss_mb(runtime.local_worker_pid)
             tables_mb = state.params.nbytes() / 2**20
             sparse_bytes = float(np.mean([upload_bytes(c, spec) for r in clients for c in r]))
+            select = SelectProcess(spec, work, process.coefficients, runtime)
+            select_state, select_times = select.initialize(state.params), []
+            for k, round_clients in enumerate(clients):  # the first round traces; not timed
+                select_state, metrics = select.next(select_state, round_clients, seed=0)
+                if k:
+                    select_times.append(metrics.seconds)
+            sparse_agg, dense_agg = _aggregation(spec, clients[0], runtime)
 
         with Runtime() as runtime:
             tff_process = build_tff_fedavg(spec, work.learning_rate)
@@ -85,7 +121,7 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
                 if k:
                     times.append(time.perf_counter() - started)
             reference = float(np.median(times))
-            reference_mem = runtime.worker_peak_rss_mb()
+            reference_mem = peak_rss_mb(runtime.local_worker_pid)
         dense_bytes = 4.0 * (spec.item_rows * spec.embed_dim + spec.category_rows * spec.embed_dim
                              + sum(int(np.prod(s)) for s in spec.dense_shapes()))
 
@@ -94,6 +130,11 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
         Figure(BENCH, f"round seconds ({case})", ours, "s", "TFF build_weighted_fed_avg", reference),
         Figure(BENCH, f"client updates per second ({case})", clients_per_round / ours, "1/s",
                "TFF build_weighted_fed_avg", clients_per_round / reference),
+        Figure(BENCH, f"round seconds, rows gathered by the host ({case})", ours, "s",
+               "the same round as recfl's tff.templates.IterativeProcess (federated_select)", float(np.median(select_times)),
+               note="same client work, aggregation and server step; federated_select runs one selection per key"),
+        Figure(BENCH, f"embedding aggregation in TFF, sparse uploads ({case})", sparse_agg, "s",
+               "dense [V, d] delta per client, federated_sum", dense_agg, note="same touched rows and values; median of 3"),
         Figure(BENCH, f"upload bytes per client ({case})", sparse_bytes, "B", "dense model delta (TFF FedAvg)", dense_bytes),
         Figure(BENCH, f"TFF worker peak RSS ({case})", ours_mem, "MB", "TFF build_weighted_fed_avg", reference_mem,
                note=f"recfl also holds the global model ({tables_mb:.0f} MB) in the server process"),
@@ -101,7 +142,8 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
     ]
 
 
-def run(quick: bool) -> list[Figure]:
+def run(size: str) -> list[Figure]:
+    quick = size == "quick"
     figures = _measure("movielens-100k", quick, clients_per_round=20 if quick else 50, repeats=2 if quick else 3)
     figures += _measure("synthetic-large", quick, clients_per_round=10, repeats=2)
     return figures

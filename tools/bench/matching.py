@@ -1,10 +1,11 @@
 """Coarse matching at scale: time and peak memory as device users, pool size and profile dimensions grow.
 
-Full mode: a synthetic set of 220,000 users (about 13M events, 1,000
+Scale size: a synthetic set of 220,000 users (about 13M events, 1,000
 categories, 1,000,000 items); pools of the sharing users' training events
 with share fractions 1/8, 1/4 and 1/2 (about 1.3M, 2.6M and 5.2M samples);
 100,000 device users matched against the 5.2M-sample pool, plus smaller
-cases for the growth table. Quick mode: the same shape at 20,000 users.
+cases for the growth table. Standard size: the same shape at 20,000 users;
+quick: 5,000 users.
 
 Every case runs ``write_candidates`` (pool load, profiles, blocked top-M,
 budgets, Parquet output) in a fresh process, so its peak resident memory is
@@ -19,9 +20,6 @@ breaks ties by pool user id, scikit-learn arbitrarily).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.bench import Figure, median_seconds
+from tools.bench import Figure, in_fresh_process, median_seconds, peak_rss_mb
 
 BENCH = "matching"
 
@@ -47,15 +45,12 @@ class Scale:
     reference_users: int
 
 
-QUICK = Scale(20_000, 100_000, 200, 40, (0.25, 0.5),
+TINY = Scale(5_000, 20_000, 100, 20, (0.5,), ((1_000, 0.5, 512), (2_000, 0.5, 512), (1_000, 0.5, 0)), 500)
+STANDARD = Scale(20_000, 100_000, 200, 40, (0.25, 0.5),
               ((5_000, 0.5, 512), (10_000, 0.5, 512), (5_000, 0.25, 512), (5_000, 0.5, 0)), 1_000)
 FULL = Scale(220_000, 1_000_000, 1_000, 100, (0.125, 0.25, 0.5),
              ((25_000, 0.5, 512), (50_000, 0.5, 512), (100_000, 0.5, 512), (25_000, 0.25, 512), (25_000, 0.125, 512),
               (25_000, 0.5, 0)), 2_000)
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _prepare(scale: Scale, root: Path) -> dict:
@@ -72,19 +67,19 @@ def _build(root: Path, fraction: float) -> dict:
 
     started = time.perf_counter()
     build_pool(PreparedDataset(root / "data"), root / f"pool-{fraction}", fraction)
-    return {"seconds": time.perf_counter() - started, "peak_mb": _peak_mb(), **pool_summary(root / f"pool-{fraction}")}
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_rss_mb(), **pool_summary(root / f"pool-{fraction}")}
 
 
 def _match(root: Path, fraction: float, users: np.ndarray, item_dims: int) -> dict:
     from cloud_pool.matching import MatchConfig, write_candidates
     from recfl.dataset import PreparedDataset
 
-    baseline = _peak_mb()
+    baseline = peak_rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     out = root / "candidates"
     summary = write_candidates(root / f"pool-{fraction}", PreparedDataset(root / "data"), out, MatchConfig(item_dims=item_dims),
                                users=users, progress=False)
-    result = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, "peak_mb": _peak_mb(),
+    result = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_rss_mb(),
               "baseline_mb": baseline, "candidates": summary["candidates"]}
     Path(summary["path"]).unlink()
     return result
@@ -117,19 +112,13 @@ def _reference(root: Path, fraction: float, users: np.ndarray) -> dict:
             "overlap": float(np.mean([len(a & b) / max(len(a), 1) for a, b in zip(found, theirs)]))}
 
 
-def _in_fresh_process(fn, *args):
-    """Run ``fn(*args)`` in a new interpreter, so its peak memory is its own."""
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def run(quick: bool) -> list[Figure]:
-    scale = QUICK if quick else FULL
+def run(size: str) -> list[Figure]:
+    scale = {"quick": TINY, "standard": STANDARD, "scale": FULL}[size]
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _in_fresh_process(_prepare, scale, root)
-        pools = {f: _in_fresh_process(_build, root, f) for f in scale.fractions}
+        in_fresh_process(_prepare, scale, root)
+        pools = {f: in_fresh_process(_build, root, f) for f in scale.fractions}
         for fraction, built in pools.items():
             figures.append(Figure(BENCH, f"pool build, {built['pool_events']:,} samples", built["seconds"], "s",
                                   note=f"{built['pool_events'] / built['seconds']:,.0f} samples/s, peak RSS {built['peak_mb']:,.0f} MB"))
@@ -137,7 +126,7 @@ def run(quick: bool) -> list[Figure]:
 
         device = load_split(root / f"pool-{max(scale.fractions)}").device_users  # device users of every smaller pool too
         chosen = np.random.default_rng(0).permutation(device)
-        ref = _in_fresh_process(_reference, root, max(scale.fractions), np.sort(chosen[: scale.reference_users]))
+        ref = in_fresh_process(_reference, root, max(scale.fractions), np.sort(chosen[: scale.reference_users]))
         figures.append(Figure(
             BENCH, f"top-50 pool users of {scale.reference_users:,} device users among {ref['pool_users']:,} ({ref['dims']} dims)",
             ref["ours"], "s", "scikit-learn NearestNeighbors(brute, cosine)", ref["sklearn"],
@@ -145,7 +134,7 @@ def run(quick: bool) -> list[Figure]:
                  "(the others differ only among pool users tied at the last place, which recfl orders by id)"))
         base = None
         for users, fraction, item_dims in scale.cases:
-            result = _in_fresh_process(_match, root, fraction, np.sort(chosen[:users]), item_dims)
+            result = in_fresh_process(_match, root, fraction, np.sort(chosen[:users]), item_dims)
             pool = pools[fraction]
             case = (f"{users:,} users x {pool['pool_events']:,} samples of {pool['sharing_users']:,} pool users, "
                     + ("categories only" if not item_dims else f"categories + {item_dims} items"))
