@@ -22,6 +22,9 @@ def test_bench_writes_json_and_replaces_only_the_marked_readme_section(tmp_path,
     assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{END}\nafter\n") and "old table" not in text
     assert "`recfl bench --quick --only ab_harness` on " in text and "| ab_harness | paired evaluation" in text
     assert "| ab_harness |" in capsys.readouterr().out
+    readme.write_text(f"{START}\n{END}\n")
+    assert main(["bench", "--render", str(out), "--readme", str(readme)]) == 0  # measures nothing
+    assert readme.read_text().split(START)[1].split(END)[0] == text.split(START)[1].split(END)[0]
 
 
 def test_bench_refuses_unknown_names_and_a_readme_without_markers(tmp_path, capsys):
@@ -30,3 +33,6 @@ def test_bench_refuses_unknown_names_and_a_readme_without_markers(tmp_path, caps
     (tmp_path / "R.md").write_text("no markers\n")
     assert main(["bench", "--quick", "--only", "ab_harness", "--readme", str(tmp_path / "R.md"), "--out", str(tmp_path / "b.json")]) == 2
     assert "needs one '<!-- recfl bench: start -->' line" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1]")
+    assert main(["bench", "--render", str(tmp_path / "bad.json")]) == 2
+    assert "not a `recfl bench` JSON report" in capsys.readouterr().err

@@ -87,3 +87,17 @@ def test_limits(rule, inside, outside):
     for value in outside:
         with pytest.raises(RecflError, match=r"s\.x = .* must be"):
             config.check_limits(Knob(value), "s", x=rule)
+
+
+def test_every_shipped_config_is_valid():
+    """configs/*.toml load, name only known sections and keys, and every value is in range."""
+    import importlib
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert len(files) >= 2
+    for path in files:
+        doc = config.load(path)
+        for name in doc:
+            module, cls = config.SECTIONS[name].split(":")
+            config.section(getattr(importlib.import_module(module), cls), doc, name)

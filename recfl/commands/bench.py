@@ -24,6 +24,8 @@ def register(commands) -> None:
     bench.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     bench.add_argument("--readme", metavar="FILE", help="replace the performance table between the "
                        f"'{START}' and '{END}' lines of FILE (e.g. README.md) with this run's table")
+    bench.add_argument("--render", metavar="FILE.json", help="measure nothing: print (and --readme) the table of "
+                       "an earlier run's JSON, with that run's command, date and machine")
     bench.set_defaults(handler=_bench)
 
 
@@ -67,8 +69,6 @@ def table(figures: list[dict]) -> str:
 
 
 def _bench(args) -> int:
-    from tqdm import tqdm
-
     from recfl.errors import RecflError
     from tools.bench import BENCHMARKS
 
@@ -79,6 +79,42 @@ def _bench(args) -> int:
     readme = Path(args.readme) if args.readme else None
     if readme is not None:
         _replace_section(readme, "")  # refuse a file without the markers before an hour of work
+    if args.render:
+        report = _read_report(Path(args.render))
+    else:
+        report = _measure(args, names)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"{len(report['figures'])} figures from {len(names)} benchmarks in {sum(report['seconds'].values()):.0f}s; "
+              f"JSON in {out}", file=sys.stderr)
+    text = f"{describe(report)}\n\n{table(report['figures'])}"
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if readme is not None:
+        _replace_section(readme, text)
+    print(text)
+    return 0
+
+
+def _read_report(path: Path) -> dict:
+    from recfl.errors import RecflError
+
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecflError(f"{path}: no such benchmark report") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        report = None
+    if not isinstance(report, dict) or not {"figures", "machine", "command", "date", "seconds"} <= set(report):
+        raise RecflError(f"{path}: not a `recfl bench` JSON report")
+    return report
+
+
+def _measure(args, names: list[str]) -> dict:
+    """Run the benchmarks ``names`` at ``args.size``; the report as written to JSON."""
+    from tqdm import tqdm
+
     figures, seconds = [], {}
     for name in tqdm(names, desc="benchmarks", unit="bench"):
         started = time.time()
@@ -86,22 +122,11 @@ def _bench(args) -> int:
             figures.append({**figure.__dict__, "ratio": figure.ratio})
         seconds[name] = round(time.time() - started, 1)
     flags = {"quick": " --quick", "scale": " --scale", "standard": ""}[args.size]
-    report = {
+    return {
         "date": datetime.date.today().isoformat(),
         "command": f"recfl bench{flags}" + (f" --only {' '.join(names)}" if args.only else ""),
         "size": args.size, "machine": machine(), "seconds": seconds, "figures": figures,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    text = f"{describe(report)}\n\n{table(figures)}"
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
-    if readme is not None:
-        _replace_section(readme, text)
-    print(text)
-    print(f"\n{len(figures)} figures from {len(names)} benchmarks in {sum(seconds.values()):.0f}s; JSON in {out}", file=sys.stderr)
-    return 0
 
 
 def _replace_section(path: Path, text: str) -> None:
