@@ -105,6 +105,18 @@ def test_movielens_broken_rating_line(tmp_path, fixtures):
         load("movielens-100k", tmp_path)
 
 
+def test_movielens_1m_users_file_is_checked(tmp_path, fixtures):
+    for name in ("movies.dat", "ratings.dat"):
+        (tmp_path / name).write_bytes((fixtures / "ml1m" / name).read_bytes())
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")  # user 3 missing
+    line = next(n for n, row in enumerate((tmp_path / "ratings.dat").read_text().splitlines(), 1) if row.startswith("3::"))
+    with pytest.raises(DataFormatError, match=rf"ratings.dat:{line}: user 3 is not in users.dat"):
+        load("movielens-1m", tmp_path)
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::old::16::70072\n")
+    with pytest.raises(DataFormatError, match=r"users.dat:2: field 'age' is not a number"):
+        load("movielens-1m", tmp_path)
+
+
 def test_movielens_1m_wrong_separator(tmp_path, fixtures):
     (tmp_path / "movies.dat").write_bytes((fixtures / "ml1m" / "movies.dat").read_bytes())
     (tmp_path / "ratings.dat").write_text("1::1::4::978300100\n1,2,4,978300101\n")

@@ -87,11 +87,21 @@ def genres_100k(root: Path) -> dict[int, np.ndarray]:
 
 
 def load_1m(path: str | Path) -> SourceData:
-    """Read ``ratings.dat`` and ``movies.dat`` (``::``-separated, latin-1)."""
+    """Read ``ratings.dat`` and ``movies.dat`` (``::``-separated, latin-1); ``users.dat``, when present,
+    is parsed as strictly and every rating's user must be listed in it (a truncated or mismatched copy)."""
     root = _directory(Path(path), "ratings.dat and movies.dat")
     data_file = require_file(root / "ratings.dat", "MovieLens 1M ratings.dat")
     genres_of = genres_1m(root)
     ratings = _read_double_colon(data_file, ["user", "item", "rating", "timestamp"], ["user", "item", "rating", "timestamp"])
+    if (root / "users.dat").is_file():
+        users_file = root / "users.dat"
+        users = _read_double_colon(users_file, ["user", "gender", "age", "occupation", "zip"], ["user", "age", "occupation"])
+        known = integral(users, "user", users_file)
+        rated = integral(ratings, "user", data_file)
+        missing = np.flatnonzero(~np.isin(rated, known))
+        if missing.size:
+            raise DataFormatError(data_file, f"user {rated[missing[0]]} is not in {users_file.name}",
+                                  int(ratings["line"].iat[missing[0]]))
     return _finish("movielens-1m", root, _events(ratings, data_file, genres_of), genres_of)
 
 
