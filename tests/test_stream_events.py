@@ -74,3 +74,23 @@ def test_size_limit_and_behaviors_are_settings():
 
 def test_encoding_is_compact_json():
     assert json.loads(encode(GOOD)) == GOOD and b" " not in encode(GOOD)
+
+
+def test_security_settings_reach_every_kafka_client_as_its_own_keys(tmp_path):
+    """SASL/SSL keys from [streaming] pass to kafka-python under names each client accepts."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    from recfl import config
+
+    path = tmp_path / "kafka.toml"
+    path.write_text('[streaming]\nbootstrap_servers = "b1:9093,b2:9093"\nsecurity_protocol = "SASL_SSL"\n'
+                    'sasl_mechanism = "SCRAM-SHA-512"\nsasl_plain_username = "recfl"\nsasl_plain_password = "secret"\n'
+                    'ssl_cafile = "/etc/ca.pem"\nssl_check_hostname = false\n')
+    kwargs = config.section(StreamConfig, config.load(path), "streaming").client_kwargs()
+    assert kwargs["bootstrap_servers"] == ["b1:9093", "b2:9093"] and kwargs["security_protocol"] == "SASL_SSL"
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("SCRAM-SHA-512", "recfl", "secret")
+    assert kwargs["ssl_cafile"] == "/etc/ca.pem" and kwargs["ssl_check_hostname"] is False
+    assert "ssl_certfile" not in kwargs  # empty settings stay kafka-python's defaults
+    for client in (KafkaConsumer, KafkaProducer, KafkaAdminClient):
+        assert set(kwargs) <= set(client.DEFAULT_CONFIG), client.__name__
+    assert set(StreamConfig().group_kwargs()) <= set(KafkaConsumer.DEFAULT_CONFIG)
