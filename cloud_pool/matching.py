@@ -225,6 +225,17 @@ class Matcher:
         self.spec = config.profile_spec(pool_dir, data.items)
         self.pool = PoolIndex.load(pool_dir, self.spec)
         self.train = pq.read_table(Path(data.root) / "train.parquet", columns=["user_id", "item_id", "label"])
+        self._refuse_test_events()
+
+    def _refuse_test_events(self) -> None:
+        """A pool fed by other writers (e.g. the Kafka consumer) may hold an evaluation event; never match on it."""
+        test_ids = pq.read_table(Path(self.data.root) / "test.parquet", columns=["event_id"]).column("event_id")
+        leaked = pc.is_in(self.pool.samples.column("event_id"), value_set=test_ids)
+        count = pc.sum(leaked).as_py() or 0
+        if count:
+            example = self.pool.samples.column("event_id").filter(leaked)[0].as_py()
+            raise RecflError(f"{self.pool_dir}: the pool holds {count} test event(s) of {self.data.root} (e.g. {example}); "
+                             "matching on it would leak evaluation data into the candidates")
 
     def device_users(self, users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> np.ndarray:
         """The pool's device users (or ``users``, which must have training events) that fall in ``shard``, sorted."""

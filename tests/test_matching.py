@@ -68,6 +68,21 @@ def test_never_own_or_test_samples_and_only_pool_samples(small_pool, candidates)
     assert set(candidates["event_id"]) <= pool_ids and not pool_ids & set(data.test["event_id"])
 
 
+def test_a_test_event_streamed_into_the_pool_stops_matching(small_pool, tmp_path):
+    """The pool store also takes events from Kafka; one evaluation event there must not reach candidates."""
+    import shutil
+
+    from cloud_pool.store import PoolStore
+
+    pool = tmp_path / "pool"
+    shutil.copytree(small_pool.pool_dir, pool)
+    leaked = small_pool.data.test[small_pool.data.test["user_id"].isin(small_pool.split.sharing_users)].head(1)
+    with PoolStore(pool / "store") as store:
+        assert store.append(leaked).written == 1
+    with pytest.raises(RecflError, match=rf"holds 1 test event\(s\) of .* \(e.g. {leaked['event_id'].iat[0]}\)"):
+        match_candidates(pool, small_pool.data, MatchConfig())
+
+
 def test_budget_and_top_m_are_respected(small_pool, candidates):
     local = small_pool.data.train["user_id"].value_counts()
     per_user = candidates.groupby("target_user_id")
