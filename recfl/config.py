@@ -74,10 +74,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> dict:
 
 def section(cls: type[T], doc: dict, name: str, **explicit: Any) -> T:
     """Build dataclass ``cls`` from table ``doc[name]``; ``explicit`` (non-None) values win."""
-    table = doc.get(name, {})
-    if not isinstance(table, dict):
-        raise RecflError(f"config: [{name}] must be a table of settings, got {table!r}")
-    table = dict(table)
+    table = dict(doc.get(name, {}))  # load() has checked that every section is a table
     table.update({k: v for k, v in explicit.items() if v is not None})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))

@@ -78,7 +78,7 @@ def _bench(args) -> int:
         raise RecflError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}")
     readme = Path(args.readme) if args.readme else None
     if readme is not None:
-        _replace_section(readme, "")  # refuse a file without the markers before an hour of work
+        _split_at_markers(readme)  # refuse a file without the markers before an hour of work
     if args.render:
         report = _read_report(Path(args.render))
     else:
@@ -92,7 +92,8 @@ def _bench(args) -> int:
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if readme is not None:
-        _replace_section(readme, text)
+        head, tail = _split_at_markers(readme)
+        readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
     print(text)
     return 0
 
@@ -121,7 +122,7 @@ def _measure(args, names: list[str]) -> dict:
         for figure in importlib.import_module(f"tools.bench.{name}").run(args.size):
             figures.append({**figure.__dict__, "ratio": figure.ratio})
         seconds[name] = round(time.time() - started, 1)
-    flags = {"quick": " --quick", "scale": " --scale", "standard": ""}[args.size]
+    flags = "" if args.size == "standard" else f" --{args.size}"
     return {
         "date": datetime.date.today().isoformat(),
         "command": f"recfl bench{flags}" + (f" --only {' '.join(names)}" if args.only else ""),
@@ -129,13 +130,12 @@ def _measure(args, names: list[str]) -> dict:
     }
 
 
-def _replace_section(path: Path, text: str) -> None:
-    """Put ``text`` between the START and END marker lines of ``path`` (with ``text=""``: only check them)."""
+def _split_at_markers(path: Path) -> tuple[str, str]:
+    """The text of ``path`` before its START marker and after its END marker."""
     from recfl.errors import RecflError
 
     content = path.read_text() if path.is_file() else ""
     if content.count(START) != 1 or content.count(END) != 1 or content.index(START) > content.index(END):
         raise RecflError(f"{path}: needs one '{START}' line and one '{END}' line after it")
-    if text:
-        head, rest = content.split(START)
-        path.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    head, rest = content.split(START)
+    return head, rest.split(END, 1)[1]

@@ -128,22 +128,28 @@ class FederatedProcess:
     def next(self, state: ServerState, clients: list[ClientData], seed: int) -> tuple[ServerState, RoundMetrics]:
         """One round on ``clients`` (already sampled); returns the new state and metrics."""
         started = time.perf_counter()
-        params = state.params
-        inputs = [client_input(c, params, (seed, state.round * 1_000_003 + k)) for k, c in enumerate(clients)]
-        dense = collections.OrderedDict(zip(self.names, params.dense))
-        parts = self.runtime.map_chunks(self.comps.round, self._chunks(inputs), shared=dense)
-        new = apply_update(params, parts, self.coefficients, self.server_lr, self.spec.embed_dim, self.names)
-        examples = float(sum(float(p["examples"]) for p in parts))
+        seeds = [(seed, state.round * 1_000_003 + k) for k in range(len(clients))]
+        new, examples, train_loss = self._round(state, clients, seeds)
         metrics = RoundMetrics(
             round=state.round + 1,
             clients=len(clients),
             examples=int(examples),
-            train_loss=float(sum(float(p["loss"]) for p in parts) / examples) if examples else float("nan"),
+            train_loss=train_loss if examples else float("nan"),
             upload_bytes=sum(upload_bytes(c, self.spec) for c in clients),
-            download_bytes=sum(c.submodel.payload_bytes(params) for c in clients),
+            download_bytes=sum(c.submodel.payload_bytes(state.params) for c in clients),
             seconds=time.perf_counter() - started,
         )
         return ServerState(new, state.round + 1), metrics
+
+    def _round(self, state: ServerState, clients: list[ClientData], seeds: list) -> tuple[ModelParams, float, float]:
+        """The distributor: rows gathered here, chunks of clients over the workers; (new params, examples, mean loss)."""
+        params = state.params
+        inputs = [client_input(c, params, s) for c, s in zip(clients, seeds)]
+        dense = collections.OrderedDict(zip(self.names, params.dense))
+        parts = self.runtime.map_chunks(self.comps.round, self._chunks(inputs), shared=dense)
+        new = apply_update(params, parts, self.coefficients, self.server_lr, self.spec.embed_dim, self.names)
+        examples = float(sum(float(p["examples"]) for p in parts))
+        return new, examples, float(sum(float(p["loss"]) for p in parts)) / max(examples, 1.0)
 
     def heat(self, batches: Iterable[list[ClientData]]) -> Heat:
         """Per-row example counts over all clients (a federated sum of their row ids and counts),
@@ -178,7 +184,7 @@ def server_step(item_emb, cat_emb, dense: list, item_coef, cat_coef, total, name
     scale = tf.where(examples > 0, server_lr / tf.maximum(examples, 1e-30), 0.0)
 
     def rows(table, coef, up):
-        ids = tf.cast(up["ids"], tf.int32)
+        ids = up["ids"]
         return tf.tensor_scatter_nd_add(table, ids[:, None], scale * tf.gather(coef, ids)[:, None] * up["rows"])
 
     return (rows(item_emb, item_coef, total["item"]), rows(cat_emb, cat_coef, total["cat"]),
@@ -195,4 +201,4 @@ def apply_update(params: ModelParams, parts: list[dict], coefficients: RowCoeffi
         total[key] = {"ids": ids.astype(np.int32), "rows": sums.astype(np.float32)}
     item, cat, dense = server_step(params.item_emb, params.cat_emb, params.dense, coefficients.item, coefficients.cat,
                                    total, names, server_lr)
-    return ModelParams.from_arrays([np.asarray(a) for a in (item, cat, *dense)])
+    return ModelParams.from_arrays([item, cat, *dense])

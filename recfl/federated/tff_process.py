@@ -26,14 +26,13 @@ give the same round.
 from __future__ import annotations
 
 import collections
-import time
 from functools import lru_cache
 
 import numpy as np
 
 from recfl.federated import computations
 from recfl.federated.clients import ClientData
-from recfl.federated.process import FederatedProcess, RoundMetrics, RowCoefficients, ServerState, server_step, upload_bytes
+from recfl.federated.process import FederatedProcess, RowCoefficients, ServerState, server_step
 from recfl.model import ModelParams, ModelSpec
 
 
@@ -182,19 +181,10 @@ class SelectProcess(FederatedProcess):
     submodel, so clients are never truncated and few shapes are traced.
     """
 
-    def next(self, state: ServerState, clients: list[ClientData], seed: int) -> tuple[ServerState, RoundMetrics]:
-        started = time.perf_counter()
+    def _round(self, state: ServerState, clients: list[ClientData], seeds: list) -> tuple[ModelParams, float, float]:
         capacity = (key_capacity(max(len(c.submodel.item_rows) for c in clients)),
                     key_capacity(max(len(c.submodel.cat_rows) for c in clients)))
         next_round = build_next(self.spec, self.work, capacity, self.server_lr)
-        inputs = [client_value(c, capacity, (seed, state.round * 1_000_003 + k)) for k, c in enumerate(clients)]
+        inputs = [client_value(c, capacity, s) for c, s in zip(clients, seeds)]
         new, out = self.runtime.invoke(next_round, (state_value(state.params, self.coefficients, state.round, self.spec), inputs))
-        examples = float(out["examples"])
-        metrics = RoundMetrics(
-            round=state.round + 1, clients=len(clients), examples=int(examples),
-            train_loss=float(out["train_loss"]) if examples else float("nan"),
-            upload_bytes=sum(upload_bytes(c, self.spec) for c in clients),
-            download_bytes=sum(c.submodel.payload_bytes(state.params) for c in clients),
-            seconds=time.perf_counter() - started,
-        )
-        return ServerState(params_of(new, self.spec), int(new["round"])), metrics
+        return params_of(new, self.spec), float(out["examples"]), float(out["train_loss"])
