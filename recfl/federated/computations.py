@@ -76,7 +76,7 @@ def aggregate_type(spec: ModelSpec):
     ], collections.OrderedDict)
 
 
-def _sparse_sum(values, width: int):
+def sparse_sum(values, width: int):
     """Per-row sums of (ids, rows) uploads: concatenate, then de-duplicate in the report."""
     import tensorflow as tf
     import tensorflow_federated as tff
@@ -104,8 +104,8 @@ def aggregate(uploads, spec: ModelSpec):
     import tensorflow_federated as tff
 
     return tff.federated_zip(collections.OrderedDict(
-        item=_sparse_sum(uploads.item, spec.embed_dim),
-        cat=_sparse_sum(uploads.cat, spec.embed_dim),
+        item=sparse_sum(uploads.item, spec.embed_dim),
+        cat=sparse_sum(uploads.cat, spec.embed_dim),
         dense=tff.federated_sum(uploads.dense),
         examples=tff.federated_sum(uploads.examples),
         loss=tff.federated_sum(uploads.loss),
@@ -197,7 +197,7 @@ def build(spec: ModelSpec, work: ClientWork) -> Computations:
     def heat(clients):
         up = tff.federated_map(heat_upload, clients)
         return tff.federated_zip(collections.OrderedDict(
-            item=_sparse_sum(up.item, 1), cat=_sparse_sum(up.cat, 1), examples=tff.federated_sum(up.examples),
+            item=sparse_sum(up.item, 1), cat=sparse_sum(up.cat, 1), examples=tff.federated_sum(up.examples),
         ))
 
     return Computations(client_work, round_partial, heat)

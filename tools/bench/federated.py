@@ -40,7 +40,7 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
     vs dense (a full ``[V, d]`` delta per client, as FedAvg uploads); same touched rows and values."""
     import tensorflow_federated as tff
 
-    from recfl.federated.computations import _sparse_sum, sparse_type
+    from recfl.federated.computations import sparse_sum, sparse_type
 
     d, rng = spec.embed_dim, np.random.default_rng(0)
     sparse = [{"ids": c.submodel.item_rows, "rows": rng.standard_normal((len(c.submodel.item_rows), d)).astype(np.float32)}
@@ -52,15 +52,15 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
         dense.append(table)
 
     @tff.federated_computation(tff.FederatedType(sparse_type(d), tff.CLIENTS))
-    def sparse_sum(uploads):
-        return _sparse_sum(uploads, d)
+    def sparse_total(uploads):
+        return sparse_sum(uploads, d)
 
     @tff.federated_computation(tff.FederatedType(tff.TensorType(np.float32, [spec.item_rows, d]), tff.CLIENTS))
-    def dense_sum(uploads):
+    def dense_total(uploads):
         return tff.federated_sum(uploads)
 
-    return (median_seconds(lambda: runtime.invoke(sparse_sum, sparse), repeats=3),
-            median_seconds(lambda: runtime.invoke(dense_sum, dense), repeats=3))
+    return (median_seconds(lambda: runtime.invoke(sparse_total, sparse), repeats=3),
+            median_seconds(lambda: runtime.invoke(dense_total, dense), repeats=3))
 
 
 def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
