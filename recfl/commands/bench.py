@@ -17,7 +17,7 @@ def register(commands) -> None:
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="size", action="store_const", const="quick", help="small cases: a smoke run in a few minutes")
     size.add_argument("--scale", dest="size", action="store_const", const="scale",
-                      help="add the large cases (100,000 users and clients, 5M pool samples); about an hour")
+                      help="add the large cases (100,000 users and clients, 5M pool samples); about 40 minutes on 2 cores")
     bench.set_defaults(size="standard")
     bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     bench.add_argument("--out", default="runs/bench.json", metavar="FILE", help="where to write the figures as JSON")
@@ -78,7 +78,7 @@ def _bench(args) -> int:
         raise RecflError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}")
     readme = Path(args.readme) if args.readme else None
     if readme is not None:
-        _split_at_markers(readme)  # refuse a file without the markers before an hour of work
+        _split_at_markers(readme)  # refuse a file without the markers before the measurements
     if args.render:
         report = _read_report(Path(args.render))
     else:

@@ -63,7 +63,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
 
 
 # quick: a smoke run of every benchmark; standard: the README table (under 15 minutes on 2 cores);
-# scale: standard plus the large cases (100,000 users and clients, 5M pool samples), about an hour.
+# scale: standard plus the large cases (100,000 users and clients, 5M pool samples), about 40 minutes on 2 cores.
 SIZES: tuple[str, ...] = ("quick", "standard", "scale")
 
 BENCHMARKS: tuple[str, ...] = ("federated", "federated_scale", "consumer", "ab_harness", "device", "matching")
