@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/recfl run --out $(OUT)
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -m "not heavy" -q
 
 test-heavy: $(STAMP)

@@ -1,6 +1,6 @@
 """User bucketing for the bucketed design: a salted hash of the user id, as an online experiment assigns users.
 
-``bucket = floor(unit_hash(salt, user) * buckets)`` with :func:`recfl.schema.unit_hash`
+``bucket = floor(unit_hash(salt, user) * buckets)`` with :func:`recfl.core.schema.unit_hash`
 (blake2b, never Python's per-process ``hash()``), so a user lands in the same
 bucket on every run and platform, and a new salt reshuffles everyone (a fresh
 experiment is not correlated with the last one). The buckets are split into
@@ -16,8 +16,8 @@ import pandas as pd
 
 from ab_testing.predictions import Predictions
 from ab_testing.stats import SrmCheck, srm_check
-from recfl.errors import RecflError
-from recfl.schema import unit_hash
+from recfl.core.errors import RecflError
+from recfl.core.schema import unit_hash
 
 
 def buckets_of(user_ids: np.ndarray, salt: str, buckets: int) -> np.ndarray:

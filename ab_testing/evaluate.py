@@ -17,11 +17,23 @@ import pandas as pd
 
 from ab_testing.bucketing import Assignment, assign
 from ab_testing.metrics import ArmEstimator, Metric, parse_metrics
-from ab_testing.predictions import Predictions, check_duplicates, check_paired, check_scores
+from ab_testing.predictions import (
+    Predictions,
+    check_duplicates,
+    check_paired,
+    check_scores,
+)
 from ab_testing.segments import SEGMENTS, Segmenter
-from ab_testing.stats import CORRECTIONS, Lift, adjust_p_values, bootstrap, lift, percentile_interval
-from recfl.config import as_table, check_limits
-from recfl.errors import RecflError
+from ab_testing.stats import (
+    CORRECTIONS,
+    Lift,
+    adjust_p_values,
+    bootstrap,
+    lift,
+    percentile_interval,
+)
+from recfl.core.config import as_table, check_limits
+from recfl.core.errors import RecflError
 
 log = logging.getLogger(__name__)
 DESIGNS = ("paired", "bucketed")

@@ -6,7 +6,7 @@ num = summed event losses, den = events; ...). A bootstrap resample repeats user
 ``w_u`` times, so its value is ``(w @ num) / (w @ den)`` for a whole matrix of
 resamples at once. Global AUC compares events across users and is not such a
 ratio; :class:`AucResampler` computes it exactly for many weight vectors at once.
-The per-user values come from :mod:`recfl.metrics` (one definition of each metric).
+The per-user values come from :mod:`recfl.core.metrics` (one definition of each metric).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recfl.errors import RecflError
-from recfl.metrics import event_logloss, per_user_auc, per_user_topk
+from recfl.core.errors import RecflError
+from recfl.core.metrics import event_logloss, per_user_auc, per_user_topk
 
 KINDS = {
     "auc": "global AUC over all events (ties count half)",

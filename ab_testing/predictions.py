@@ -1,7 +1,7 @@
 """Predictions files: read, check, and the guards that stop an A/B comparison from lying.
 
 A predictions file (Parquet or CSV) holds one row per scored test event with
-the columns of :data:`recfl.schema.PREDICTION_COLUMNS`. One file may hold one
+the columns of :data:`recfl.core.schema.PREDICTION_COLUMNS`. One file may hold one
 or several arms; an arm may not be split across files. Every problem is a
 one-line :class:`RecflError` naming the file or arm, the count and an example
 row -- nothing is dropped silently.
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfl.errors import RecflError
-from recfl.schema import PREDICTION_COLUMNS
+from recfl.core.errors import RecflError
+from recfl.core.schema import PREDICTION_COLUMNS
 
 EVENT_KEY = ["user_id", "item_id", "timestamp"]
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ab_testing import plots
 from ab_testing.evaluate import AbResult, Comparison
-from recfl.atomic import write_json_atomic
+from recfl.core.atomic import write_json_atomic
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfl.errors import RecflError
+from recfl.core.dataset import PreparedDataset
+from recfl.core.errors import RecflError
 
 
 def read_activity(path: str | Path) -> pd.Series:
     """Training events per user (index ``user_id``) from a users file or a prepared data set."""
     path = Path(path)
     if path.is_dir():
-        from recfl.dataset import PreparedDataset
-
         return PreparedDataset(path).train["user_id"].value_counts().rename("train_events")
     if not path.is_file():
         raise RecflError(f"{path}: users file not found")

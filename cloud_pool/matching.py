@@ -13,10 +13,7 @@ user's budget (``budget_multiplier`` x its local training events, at least
 ``min_budget``) is spent. A user's own samples are never candidates, and the
 pool holds no test event (see :mod:`cloud_pool.pool`).
 
-Candidates table: the canonical event columns of each pool sample
-(``user_id`` is the pool user who owns it) plus ``target_user_id`` (the
-device user it was matched for) and ``similarity`` (float32), ordered by
-target user, then rank.
+The candidates table and its files are described in :mod:`recfl.core.candidates`.
 """
 
 from __future__ import annotations
@@ -37,20 +34,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cloud_pool.pool import load_split, open_store, pool_summary, unit_hash
 from cloud_pool.profiles import ProfileSpec, profiles
-from recfl.atomic import atomic_path
-from recfl.config import check_limits
-from recfl.dataset import PreparedDataset
-from recfl.errors import RecflError
-from recfl.schema import EVENT_COLUMNS
+from recfl.core.atomic import atomic_path
+from recfl.core.candidates import (
+    candidate_schema,
+    shard_path,
+    to_frame,
+)
+from recfl.core.config import check_limits
+from recfl.core.dataset import PreparedDataset
+from recfl.core.errors import RecflError
+from recfl.core.pool import load_split, open_store, pool_summary
+from recfl.core.schema import unit_hash
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_COLUMNS: dict[str, str] = {**EVENT_COLUMNS, "target_user_id": "int64", "similarity": "float32"}
 SHARD_SALT = "recfl-shard"
 SAMPLE_COLUMNS = 2048  # strided sample of a score row used to guess its top-m threshold
-_SHARD_FILE = re.compile(r"shard-(\d{4})-of-(\d{4})\.parquet")
 
 
 @dataclass(frozen=True)
@@ -278,16 +278,6 @@ def iter_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchCo
     return Matcher(pool_dir, data, config).blocks(users, shard, progress)
 
 
-def candidate_schema() -> pa.Schema:
-    return pa.schema([(name, pa.from_numpy_dtype(np.dtype(dtype)) if dtype != "string" else pa.string())
-                      for name, dtype in CANDIDATE_COLUMNS.items()])
-
-
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    """An Arrow candidates table as a DataFrame with the documented dtypes."""
-    return table.select(list(CANDIDATE_COLUMNS)).to_pandas().astype(CANDIDATE_COLUMNS)
-
-
 def match_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig(),
                      users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
     """The candidates table of the device users (or ``users``) in ``shard``, in memory.
@@ -295,10 +285,6 @@ def match_candidates(pool_dir: str | Path, data: PreparedDataset, config: MatchC
     Each call loads the pool; to match many user sets, make one :class:`Matcher` and call its ``candidates``.
     """
     return Matcher(pool_dir, data, config).candidates(users, shard)
-
-
-def shard_path(out_dir: str | Path, shard: tuple[int, int]) -> Path:
-    return Path(out_dir) / f"shard-{shard[0]:04d}-of-{shard[1]:04d}.parquet"
 
 
 def write_candidates(pool_dir: str | Path, data: PreparedDataset, out_dir: str | Path, config: MatchConfig = MatchConfig(),
@@ -318,27 +304,6 @@ def write_candidates(pool_dir: str | Path, data: PreparedDataset, out_dir: str |
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-def read_candidates(out_dir: str | Path, users: np.ndarray | None = None) -> pd.DataFrame:
-    """All shards of a candidates directory (or only the rows of ``users``); refuses an incomplete set."""
-    out_dir = Path(out_dir)
-    found = {}
-    for path in out_dir.glob("shard-*-of-*.parquet"):
-        match = _SHARD_FILE.fullmatch(path.name)
-        if match:
-            found[(int(match[1]), int(match[2]))] = path
-    counts = {n for _, n in found}
-    if len(counts) != 1:
-        raise RecflError(f"{out_dir}: " + ("no candidate shards" if not counts else f"shards of different splits {sorted(counts)}"))
-    (count,) = counts
-    missing = [i for i in range(count) if (i, count) not in found]
-    if missing:
-        raise RecflError(f"{out_dir}: candidate shard(s) {missing} of {count} missing; run `recfl pool match --shard i/{count}`")
-    filters = None if users is None else [("target_user_id", "in", [int(u) for u in np.unique(users)])]
-    tables = [pq.read_table(found[(i, count)], filters=filters) for i in range(count)]
-    table = pa.concat_tables(tables).sort_by([("target_user_id", "ascending")]) if count > 1 else tables[0]
-    return to_frame(table)
-
-
-__all__ = ["CANDIDATE_COLUMNS", "DeviceProfiles", "MatchConfig", "Matcher", "PoolIndex", "device_profiles", "iter_candidates",
-           "match_candidates", "parse_shard", "rank_pool_users", "read_candidates", "shard_of", "take_samples", "top_columns",
+__all__ = ["DeviceProfiles", "MatchConfig", "Matcher", "PoolIndex", "device_profiles", "iter_candidates",
+           "match_candidates", "parse_shard", "rank_pool_users", "shard_of", "take_samples", "top_columns",
            "write_candidates"]

@@ -5,14 +5,7 @@ fraction, so a user's role is the same on every platform and run and does
 not depend on which other users exist. Only the sharing users' *training*
 events enter the pool; device users' events and every test event stay out.
 
-Layout of a pool directory (``pool.json`` is written last, so its presence
-means complete)::
-
-    POOL/store/                 the PoolStore (day-partitioned Parquet + event-id index)
-    POOL/users.parquet          user_id, role ("sharing" | "device")
-    POOL/vocab/items.parquet    pool item frequencies (id, count), most frequent first
-    POOL/vocab/categories.parquet  pool category frequencies (id, count; every category of an event's item)
-    POOL/pool.json              share fraction, salt, counts, source data set
+The directory layout and the read side live in :mod:`recfl.core.pool`.
 """
 
 from __future__ import annotations
@@ -26,17 +19,17 @@ import numpy as np
 import pandas as pd
 
 from cloud_pool.profiles import category_frequencies
-from cloud_pool.store import PoolStore
-from recfl.atomic import write_json_atomic
-from recfl.config import check_limits
-from recfl.dataset import PreparedDataset
-from recfl.errors import RecflError
-from recfl.schema import unit_hash
-from recfl.vocab import Vocabulary
+from recfl.core.atomic import write_json_atomic
+from recfl.core.config import check_limits
+from recfl.core.dataset import PreparedDataset
+from recfl.core.errors import RecflError
+from recfl.core.pool import DEVICE, SHARING, PoolSplit
+from recfl.core.schema import unit_hash
+from recfl.core.store import PoolStore
+from recfl.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-SHARING, DEVICE = "sharing", "device"
 APPEND_CHUNK = 500_000  # events per store append: bounds the memory of one transaction
 
 
@@ -49,14 +42,6 @@ class PoolConfig:
 
     def __post_init__(self):
         check_limits(self, "pool", share_fraction="[0, 1]")
-
-
-@dataclass(frozen=True, eq=False)
-class PoolSplit:
-    """The users whose training events are in the pool, and the device users (sorted, int64)."""
-
-    sharing_users: np.ndarray
-    device_users: np.ndarray
 
 
 def assign_roles(user_ids: np.ndarray, share_fraction: float, salt: str) -> PoolSplit:
@@ -122,26 +107,4 @@ def build_pool(data: PreparedDataset, pool_dir: str | Path, share_fraction: floa
     return split
 
 
-def pool_summary(pool_dir: str | Path) -> dict:
-    """The ``pool.json`` of a complete pool directory."""
-    path = Path(pool_dir) / "pool.json"
-    if not path.is_file():
-        raise RecflError(f"{pool_dir}: not a built cloud pool (no pool.json); run `recfl pool build`")
-    return json.loads(path.read_text())
-
-
-def load_split(pool_dir: str | Path) -> PoolSplit:
-    """The sharing and device users of a built pool."""
-    pool_summary(pool_dir)
-    roles = pd.read_parquet(Path(pool_dir) / "users.parquet")
-    ids, role = roles["user_id"].to_numpy(np.int64), roles["role"].to_numpy()
-    return PoolSplit(np.sort(ids[role == SHARING]), np.sort(ids[role == DEVICE]))
-
-
-def open_store(pool_dir: str | Path) -> PoolStore:
-    """The PoolStore of a built pool (read side)."""
-    pool_summary(pool_dir)
-    return PoolStore(Path(pool_dir) / "store", create=False)
-
-
-__all__ = ["PoolConfig", "PoolSplit", "assign_roles", "build_pool", "load_split", "open_store", "pool_summary", "unit_hash"]
+__all__ = ["PoolConfig", "assign_roles", "build_pool", "pool_events"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfl.errors import RecflError
-from recfl.vocab import Vocabulary
+from recfl.core.errors import RecflError
+from recfl.core.vocab import Vocabulary
 
 FLOAT32_EXACT = (1 << 24) - 1  # integers up to this are exact in float32
 

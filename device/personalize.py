@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,20 +37,33 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from device.sample_filter import FALLBACK, FilterConfig, ItemKnowledge, filter_candidates
-from device.tflite_trainer import DeviceTrainer, FinetuneConfig, conversions, export, finetune
-from recfl.atomic import atomic_path, write_json_atomic
-from recfl.dataset import PreparedDataset
-from recfl.errors import RecflError
-from recfl.features import Encoder, Examples
-from recfl.metrics import ctr_metrics
-from recfl.model import ModelParams, ModelSpec, load_model, predict
-from recfl.schema import predictions_table
-from recfl.submodel import Submodel
+from device.sample_filter import (
+    FALLBACK,
+    FilterConfig,
+    ItemKnowledge,
+    filter_candidates,
+)
+from device.tflite_trainer import (
+    DeviceTrainer,
+    FinetuneConfig,
+    conversions,
+    export,
+    finetune,
+)
+from recfl.core.atomic import atomic_path, write_json_atomic
+from recfl.core.dataset import PreparedDataset
+from recfl.core.errors import RecflError
+from recfl.core.features import Encoder, Examples
+from recfl.core.metrics import ctr_metrics
+from recfl.core.model import ModelParams, ModelSpec, load_model, predict
+from recfl.core.pool import load_split, open_store
+from recfl.core.schema import predictions_table
+from recfl.core.submodel import Submodel
 
 log = logging.getLogger(__name__)
 
 ARMS = ("cloud", "local", "coda-nofilter", "coda")
+CandidateSource = Callable[[np.ndarray], pd.DataFrame]  # device user ids -> their candidates table (recfl.core.candidates)
 CHUNK_USERS = 256  # users whose tasks are built at once (bounds the parent's memory)
 
 
@@ -185,10 +199,14 @@ def _work(task: DeviceTask) -> tuple[pd.DataFrame, dict]:
 
 
 def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, pool_dir: Path | None = None,
-                candidates_dir: Path | None = None, users: int | None = None, workers: int = 1,
+                candidates: CandidateSource | None = None, users: int | None = None, workers: int = 1,
                 filter_config: FilterConfig = FilterConfig(), finetune_config: FinetuneConfig = FinetuneConfig(),
-                match_config=None, cache_dir: Path | None = None, progress: bool = True) -> dict:
+                cache_dir: Path | None = None, progress: bool = True) -> dict:
     """Run ``arm`` for each device user and write their scored test events to ``out`` (Parquet).
+
+    ``candidates`` gives the matched pool samples of a set of device users
+    (the coda arms need it: a candidates directory read back, or matching on
+    the fly, as the caller chooses).
 
     Writes ``out`` plus ``<out stem>.devices/`` (a checkpoint and row map per
     device, and ``users.parquet``: one report row per user). Returns a summary.
@@ -198,7 +216,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         raise RecflError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
     if workers < 1:
         raise RecflError(f"--workers must be at least 1, got {workers}")
-    if arm in ("coda-nofilter", "coda") and pool_dir is None:
+    if arm in ("coda-nofilter", "coda") and (pool_dir is None or candidates is None):
         raise RecflError(f"--arm {arm} needs --pool POOLDIR (the cloud pool the candidates come from)")
     spec, params = load_model(model_dir, data)
     selected = device_users(data, pool_dir, users)
@@ -219,7 +237,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
-        tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates_dir, match_config)
+        tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates)
         frames, reports = [], []
         with tqdm(total=len(selected), desc=f"personalize {arm}", unit="user", disable=not progress) as bar:
             for frame, report in _run_all(tasks, settings, workers):
@@ -264,8 +282,6 @@ def device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None
     """Device users with test events (all users without a pool), sorted; the first ``users`` of them."""
     with_test = np.unique(data.test["user_id"].to_numpy(np.int64))
     if pool_dir is not None:
-        from cloud_pool.pool import load_split
-
         with_test = np.intersect1d(with_test, load_split(pool_dir).device_users)
     if users is not None:
         if users < 1:
@@ -277,13 +293,11 @@ def device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None
 
 
 def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: str, pool_dir: Path | None,
-                 candidates_dir: Path | None, match_config=None):
+                 candidates: CandidateSource | None = None):
     """One :class:`DeviceTask` per user, built lazily in chunks of users (the cloud side's work)."""
     needs_candidates = arm in ("coda-nofilter", "coda")
     pool = None
     if needs_candidates:
-        from cloud_pool.pool import open_store
-
         with open_store(pool_dir) as store:
             pool = store.read()
     train = data.train[data.train["user_id"].isin(users)]
@@ -294,14 +308,14 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
     encode = _encoder(data, spec)
     for lo in range(0, len(users), CHUNK_USERS):
         chunk = users[lo : lo + CHUNK_USERS]
-        candidates = _candidates(data, pool_dir, candidates_dir, chunk, match_config) if needs_candidates else None
-        if candidates is not None:
-            examples = encode(candidates, pool)
-            groups = candidates.groupby("target_user_id", sort=False).indices
+        matched = candidates(chunk).reset_index(drop=True) if needs_candidates else None
+        if matched is not None:
+            examples = encode(matched, pool)
+            groups = matched.groupby("target_user_id", sort=False).indices
         for user in chunk.tolist():
-            if candidates is not None and user in groups:
+            if matched is not None and user in groups:
                 rows = groups[user]
-                cands, cand_ex = candidates.iloc[rows].reset_index(drop=True), examples.take(rows)
+                cands, cand_ex = matched.iloc[rows].reset_index(drop=True), examples.take(rows)
             else:
                 cands = empty.assign(similarity=np.zeros(0), target_user_id=np.zeros(0, np.int64))
                 cand_ex = _no_examples(spec)
@@ -315,18 +329,6 @@ def _encoder(data: PreparedDataset, spec: ModelSpec) -> Encoder:
 def _no_examples(spec: ModelSpec) -> Examples:
     return Examples(np.zeros(0, np.int32), np.zeros((0, spec.max_categories), np.int32), np.zeros((0, spec.history), np.int32),
                     np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-
-def _candidates(data: PreparedDataset, pool_dir: Path, candidates_dir: Path | None, users: np.ndarray,
-                match_config) -> pd.DataFrame:
-    """The matched candidates of ``users``: read from ``candidates_dir``, or matched now against the pool
-    (``match_config``, a ``cloud_pool.matching.MatchConfig``; its defaults when None)."""
-    from cloud_pool.matching import MatchConfig, match_candidates, read_candidates
-
-    if candidates_dir is not None:
-        return read_candidates(candidates_dir, users=users).reset_index(drop=True)
-    matchable = np.intersect1d(users, data.train["user_id"].to_numpy(np.int64))  # a profile needs training events
-    return match_candidates(pool_dir, data, match_config or MatchConfig(), users=matchable).reset_index(drop=True)
 
 
 def _summarize(per_user: pd.DataFrame) -> dict:

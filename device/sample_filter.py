@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recfl.config import check_limits
-from recfl.errors import RecflError
-from recfl.metrics import auc
-from recfl.vocab import Vocabulary
+from recfl.core.config import check_limits
+from recfl.core.errors import RecflError
+from recfl.core.metrics import auc
+from recfl.core.vocab import Vocabulary
 
 CLASSIFIER, FALLBACK, NO_CANDIDATES = "classifier", "fallback", "no_candidates"
 CATEGORICAL = ("item", "category", "behavior")

@@ -1,13 +1,13 @@
 """On-device training in the TFLite interpreter, exported once per (architecture, capacity).
 
 The trainable program is the project's single model definition
-(:func:`recfl.model.loss_fn` / :func:`recfl.model.logits`) over resource
+(:func:`recfl.core.model.loss_fn` / :func:`recfl.core.model.logits`) over resource
 variables of a fixed capacity, with ``train``, ``infer``, ``get_weights``,
 ``set_weights``, ``save`` and ``restore`` signatures. Embedding gradients
 arrive as row slices (IndexedSlices) and are applied with ``scatter_sub``, so
 a step touches only the batch's rows; dense layers use ``assign_sub``. The
 converted ``.tflite`` (TFLite builtins plus Flex ops) is cached on disk under
-a key of the capacity-sized :class:`~recfl.model.ModelSpec`; every device
+a key of the capacity-sized :class:`~recfl.core.model.ModelSpec`; every device
 loads its own weights through ``set_weights`` (or ``restore``), never by
 reconverting. Each conversion appends a line to ``conversions.jsonl`` in the
 cache, so "once per capacity" can be checked across processes.
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recfl.atomic import atomic_path
-from recfl.config import check_limits
-from recfl.features import Examples
-from recfl.metrics import logloss
-from recfl.model import ModelParams, ModelSpec, logits, loss_fn
+from recfl.core.atomic import atomic_path
+from recfl.core.config import check_limits
+from recfl.core.features import Examples
+from recfl.core.metrics import logloss
+from recfl.core.model import ModelParams, ModelSpec, logits, loss_fn
 
 log = logging.getLogger(__name__)
 

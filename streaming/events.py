@@ -8,7 +8,7 @@ A v1 event is one UTF-8 JSON object per Kafka message, keyed by user id::
 Required: ``schema`` (= 1), ``event_id`` (non-empty string; the pool dedupes on
 it), ``user_id`` and ``item_id`` (integers >= 0), ``category_id`` (integer >= -1,
 -1 = none), ``label`` (0 or 1), ``timestamp`` (integer unix seconds, 1990..2100 as
-in :mod:`recfl.schema`). Optional: ``behavior`` (a known behaviour). Other keys
+in :mod:`recfl.core.schema`). Optional: ``behavior`` (a known behaviour). Other keys
 (the producer adds ``source`` and ``line``) are provenance and are ignored.
 """
 
@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from recfl.schema import MAX_TIMESTAMP, MIN_TIMESTAMP, NO_CATEGORY
+from recfl.core.schema import MAX_TIMESTAMP, MIN_TIMESTAMP, NO_CATEGORY
 
 SCHEMA_VERSION = 1
 MAX_EVENT_ID_CHARS = 256

@@ -1,6 +1,6 @@
 """Replay a data file as behaviour events: every row becomes one message, keyed by user id.
 
-The strict loaders of :mod:`recfl.formats` refuse malformed files and drop
+The strict loaders of :mod:`recfl.core.formats` refuse malformed files and drop
 impossible rows; a replay must instead deliver the dirty rows too, so that
 the consumer's validation and dead-letter path see them. Rows are therefore
 read leniently here: a field that does not parse is sent as its original
@@ -25,11 +25,11 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from recfl.errors import RecflError
-from recfl.formats import SyntheticSpec, load, taobao
-from recfl.formats.base import require_file
-from recfl.formats.movielens import genres_1m, genres_100k
-from recfl.schema import NO_CATEGORY, assign_event_ids, stable_id
+from recfl.core.errors import RecflError
+from recfl.core.formats import SyntheticSpec, load, taobao
+from recfl.core.formats.base import require_file
+from recfl.core.formats.movielens import genres_1m, genres_100k
+from recfl.core.schema import NO_CATEGORY, assign_event_ids, stable_id
 from streaming.events import SCHEMA_VERSION, encode
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic

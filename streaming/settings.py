@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recfl.config import check_limits
+from recfl.core.config import check_limits
 from streaming.events import EventRules
 
 

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tff_runtime():
-    from recfl.federated.runtime import Runtime
+    from recfl.core.federated.runtime import Runtime
 
     with Runtime() as runtime:
         yield runtime

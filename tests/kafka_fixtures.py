@@ -93,7 +93,7 @@ def consumer_processes(tmp_path) -> Callable[..., ConsumerProcess]:
     def start(bootstrap: str, topic: str, pool: Path, *extra: str, group: str | None = None) -> ConsumerProcess:
         n = len(started)
         log, out = tmp_path / f"consumer-{n}.log", tmp_path / f"consumer-{n}.json"
-        command = [sys.executable, "-m", "recfl.cli", "stream", "consume", "--bootstrap-servers", bootstrap,
+        command = [sys.executable, "-m", "recfl", "stream", "consume", "--bootstrap-servers", bootstrap,
                    "--topic", topic, "--group", group or topic, "--pool", str(pool), *extra]
         with open(log, "wb") as err, open(out, "wb") as stdout:
             process = subprocess.Popen(command, stdout=stdout, stderr=err, cwd=REPO)
@@ -147,7 +147,7 @@ def fetch_record(bootstrap: str, topic: str, partition: int, offset: int, timeou
 
 def pool_count(pool: Path) -> int:
     """Events stored in the pool at ``pool`` so far (0 before it exists)."""
-    from cloud_pool.store import PoolStore
+    from recfl.core.store import PoolStore
 
     if not (pool / "index.sqlite").exists():
         return 0

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_pool.pool import PoolSplit, build_pool
-from recfl.dataset import PreparedDataset, prepare
-from recfl.formats import SyntheticSpec, load
+from cloud_pool.pool import build_pool
+from recfl.core.dataset import PreparedDataset, prepare
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.pool import PoolSplit
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfl.cli import main
+from recfl.app.cli import main
 from tools.ab_simulate import SimArm, simulate, write_arms
 
 ARMS = [SimArm("control", 1.0), SimArm("better", 0.6), SimArm("same", 1.0)]

@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
 
 from ab_testing.metrics import ArmEstimator, AucResampler, parse_metrics
-from recfl.errors import RecflError
-from recfl.metrics import auc, gauc, logloss, per_user_topk
+from recfl.core.errors import RecflError
+from recfl.core.metrics import auc, gauc, logloss, per_user_topk
 
 ALL = parse_metrics(["auc", "gauc", "logloss", "hr@3", "ndcg@3", "ctr@3", "uctr@3"])
 

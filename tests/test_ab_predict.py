@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import shared
 
-from recfl.cli import main
-from recfl.schema import PREDICTION_COLUMNS
+from recfl.app.cli import main
+from recfl.core.schema import PREDICTION_COLUMNS
 
 
 def run(capsys, *argv) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 from ab_testing.evaluate import AbConfig, evaluate
 from ab_testing.predictions import from_frame, read_predictions
-from recfl.errors import RecflError
+from recfl.core.errors import RecflError
 from tools.ab_simulate import SimArm, simulate, write_arms
 
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from ab_testing.metrics import ArmEstimator, parse_metrics
-from ab_testing.stats import adjust_p_values, bootstrap, lift, resample_counts, srm_check
-from recfl.metrics import auc, gauc, logloss, per_user_topk
+from ab_testing.stats import (
+    adjust_p_values,
+    bootstrap,
+    lift,
+    resample_counts,
+    srm_check,
+)
+from recfl.core.metrics import auc, gauc, logloss, per_user_topk
 
 METRICS = parse_metrics(["auc", "gauc", "logloss", "hr@3", "ndcg@3", "ctr@3", "uctr@3"])
 

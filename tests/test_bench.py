@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from recfl.cli import main
-from recfl.commands.bench import END, START
+from recfl.app.cli import main
+from tools.bench.cli import END, START
 
 
 def test_bench_writes_json_and_replaces_only_the_marked_readme_section(tmp_path, capsys):

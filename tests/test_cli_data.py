@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from recfl.cli import main
+from recfl.app.cli import main
 
 
 def test_describe_prints_json(capsys, fixtures):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from recfl import config
-from recfl.errors import RecflError
-from recfl.model import ModelConfig
-from recfl.train import TrainConfig
+from recfl.app.sections import SECTIONS, load_config
+from recfl.core import config
+from recfl.core.errors import RecflError
+from recfl.core.model import ModelConfig
+from recfl.core.train import TrainConfig
 
 
 def test_file_then_overrides(tmp_path):
@@ -44,14 +47,9 @@ def test_missing_config_file(tmp_path):
 
 def test_default_toml_documents_the_real_defaults():
     """Every registered section is in configs/default.toml with exactly the dataclass's defaults."""
-    import importlib
-    from pathlib import Path
-
-    doc = config.load(Path(__file__).parents[1] / "configs" / "default.toml")
-    assert set(doc) == set(config.SECTIONS)
-    for name, target in config.SECTIONS.items():
-        module, cls = target.split(":")
-        cls = getattr(importlib.import_module(module), cls)
+    doc = load_config(Path(__file__).parents[1] / "configs" / "default.toml")
+    assert set(doc) == set(SECTIONS)
+    for name, cls in SECTIONS.items():
         assert config.section(cls, doc, name) == cls(), name
 
 
@@ -66,7 +64,7 @@ def test_unknown_sections_and_out_of_range_values_are_refused(tmp_path, text, ov
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(RecflError) as err:
-        doc = config.load(path, overrides)
+        doc = load_config(path, overrides)
         config.section(ModelConfig if "model" in message else TrainConfig, doc, "model" if "model" in message else "train")
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -91,13 +89,9 @@ def test_limits(rule, inside, outside):
 
 def test_every_shipped_config_is_valid():
     """configs/*.toml load, name only known sections and keys, and every value is in range."""
-    import importlib
-    from pathlib import Path
-
     files = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
     assert len(files) >= 2
     for path in files:
-        doc = config.load(path)
+        doc = load_config(path)
         for name in doc:
-            module, cls = config.SECTIONS[name].split(":")
-            config.section(getattr(importlib.import_module(module), cls), doc, name)
+            config.section(SECTIONS[name], doc, name)

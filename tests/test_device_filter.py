@@ -6,10 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from device.sample_filter import CLASSIFIER, FALLBACK, NO_CANDIDATES, FilterConfig, ItemKnowledge, features, filter_candidates, fit_classifier
-from recfl.errors import RecflError
-from recfl.metrics import auc
-from recfl.vocab import Vocabulary
+from device.sample_filter import (
+    CLASSIFIER,
+    FALLBACK,
+    NO_CANDIDATES,
+    FilterConfig,
+    ItemKnowledge,
+    features,
+    filter_candidates,
+    fit_classifier,
+)
+from recfl.core.errors import RecflError
+from recfl.core.metrics import auc
+from recfl.core.vocab import Vocabulary
 
 ITEMS = 400
 KNOWLEDGE = ItemKnowledge(Vocabulary.fit(np.repeat(np.arange(ITEMS), 3)), Vocabulary.fit(np.arange(20)),

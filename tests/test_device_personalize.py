@@ -11,12 +11,12 @@ import pytest
 from cloud_pool.matching import MatchConfig, write_candidates
 from device.personalize import ARMS, capacity_prefix
 from device.tflite_trainer import conversions
-from recfl.cli import main
-from recfl.features import Examples
-from recfl.model import ModelConfig
-from recfl.schema import PREDICTION_COLUMNS
-from recfl.submodel import Submodel
-from recfl.train import TrainConfig, train_cloud_model
+from recfl.app.cli import main
+from recfl.core.features import Examples
+from recfl.core.model import ModelConfig
+from recfl.core.schema import PREDICTION_COLUMNS
+from recfl.core.submodel import Submodel
+from recfl.core.train import TrainConfig, train_cloud_model
 
 USERS = 5
 FAST = ["--set", "finetune.max_epochs=2", "--set", "filter.rounds=10"]

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from device.tflite_trainer import DeviceTrainer, FinetuneConfig, conversions, export, finetune
-from recfl.features import Examples
-from recfl.metrics import logloss
-from recfl.model import ModelParams, ModelSpec, init_params, predict, sgd_step
+from device.tflite_trainer import (
+    DeviceTrainer,
+    FinetuneConfig,
+    conversions,
+    export,
+    finetune,
+)
+from recfl.core.features import Examples
+from recfl.core.metrics import logloss
+from recfl.core.model import ModelParams, ModelSpec, init_params, predict, sgd_step
 
 SPEC = ModelSpec(item_rows=128, category_rows=16, embed_dim=8, hidden=(16, 8), history=5, max_categories=3)
 

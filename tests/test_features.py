@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recfl.features import FeatureSpec, encode
-from recfl.vocab import PAD, Vocabulary
+from recfl.core.features import FeatureSpec, encode
+from recfl.core.vocab import PAD, Vocabulary
 
 
 def _events(rows):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from recfl.features import Examples
-from recfl.federated import computations
-from recfl.federated.clients import ClientData
-from recfl.federated.process import FederatedProcess, Heat, RowCoefficients
-from recfl.federated.sampling import Availability, sample_clients
-from recfl.model import ModelSpec, init_params, sgd_step
-from recfl.submodel import Submodel
+from recfl.core.features import Examples
+from recfl.core.federated import computations
+from recfl.core.federated.clients import ClientData
+from recfl.core.federated.process import FederatedProcess, Heat, RowCoefficients
+from recfl.core.federated.sampling import Availability, sample_clients
+from recfl.core.model import ModelSpec, init_params, sgd_step
+from recfl.core.submodel import Submodel
 
 SPEC = ModelSpec(item_rows=12, category_rows=5, embed_dim=3, hidden=(4,), history=2, max_categories=1)
 WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
@@ -102,7 +102,12 @@ def test_tff_iterative_process_matches_the_reference_and_the_host_round(tff_runt
     """The tff.templates.IterativeProcess (federated_select, in-TFF server update) computes the same round."""
     import tensorflow_federated as tff
 
-    from recfl.federated.tff_process import SelectProcess, build_fedsubavg_process, client_value, params_of
+    from recfl.core.federated.tff_process import (
+        SelectProcess,
+        build_fedsubavg_process,
+        client_value,
+        params_of,
+    )
 
     params = init_params(SPEC, 3)
     coefficients = RowCoefficients.for_algorithm(algorithm, SPEC, _heat_by_hand())
@@ -158,7 +163,7 @@ def test_clients_upload_only_ids_deltas_and_counts():
 
 def test_upload_size_is_what_the_client_computation_returns(tff_runtime):
     """The upload accounting equals the bytes of the tensors the client computation really returns."""
-    from recfl.federated.process import client_input, upload_bytes
+    from recfl.core.federated.process import client_input, upload_bytes
 
     comps = computations.build(SPEC, WORK)
     params = init_params(SPEC, 1)
@@ -191,8 +196,8 @@ def test_sampling_is_seeded_and_respects_availability():
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from recfl.dataset import prepare
-    from recfl.formats import SyntheticSpec, load
+    from recfl.core.dataset import prepare
+    from recfl.core.formats import SyntheticSpec, load
 
     return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
                    tmp_path_factory.mktemp("fl") / "data", 0.2)
@@ -203,7 +208,7 @@ SIM_ARGS = ["--rounds", "6", "--clients-per-round", "8", "--eval-every", "3", "-
 
 
 def _final_params(run_dir):
-    from recfl.model import load_model
+    from recfl.core.model import load_model
 
     return load_model(run_dir / "model")[1].arrays()
 
@@ -218,11 +223,11 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_p
 
     import psutil
 
-    from recfl.cli import main
+    from recfl.app.cli import main
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert main(["simulate", "--data", str(small_data.root), "--out", str(full), *SIM_ARGS]) == 0
-    cmd = [sys.executable, "-m", "recfl.cli", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS,
+    cmd = [sys.executable, "-m", "recfl", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS,
            "--set", "federated.rounds=1000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -254,15 +259,15 @@ def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path):
 
     import psutil
 
-    from recfl.federated.runtime import free_port, wait_ready
-    from recfl.federated.simulate import FederatedConfig, simulate
-    from recfl.model import ModelConfig
+    from recfl.core.federated.runtime import free_port, wait_ready
+    from recfl.core.federated.simulate import FederatedConfig, simulate
+    from recfl.core.model import ModelConfig
 
     fed = FederatedConfig(rounds=3, clients_per_round=8, eval_every=3, seed=4, chunk_clients=3)
     model = ModelConfig(embed_dim=4, hidden=(8,))
     simulate(small_data, tmp_path / "one", fed, model, progress=False)
     ports = [free_port(), free_port()]
-    servers = [subprocess.Popen([sys.executable, "-m", "recfl.cli", "worker", "--port", str(p)], stdout=subprocess.DEVNULL,
+    servers = [subprocess.Popen([sys.executable, "-m", "recfl", "worker", "--port", str(p)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for p in ports]
     try:
         for port in ports:

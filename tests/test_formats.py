@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import shared
 
-from recfl.dataset import describe
-from recfl.errors import DataFormatError, RecflError
-from recfl.formats import load
-from recfl.schema import EVENT_COLUMNS
+from recfl.core.dataset import describe
+from recfl.core.errors import DataFormatError, RecflError
+from recfl.core.formats import load
+from recfl.core.schema import EVENT_COLUMNS
 
 
 def _check_canonical(data):

@@ -6,10 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud_pool.matching import MatchConfig, Matcher, match_candidates, parse_shard, read_candidates, shard_of, top_columns, write_candidates
-from cloud_pool.pool import open_store
+from cloud_pool.matching import (
+    MatchConfig,
+    Matcher,
+    match_candidates,
+    parse_shard,
+    shard_of,
+    top_columns,
+    write_candidates,
+)
 from cloud_pool.profiles import profile, profiles
-from recfl.errors import RecflError
+from recfl.core.candidates import read_candidates
+from recfl.core.errors import RecflError
+from recfl.core.pool import open_store
 
 CONFIG = MatchConfig(top_m=8, budget_multiplier=3.0, min_budget=20, block_size=16)
 
@@ -72,7 +81,7 @@ def test_a_test_event_streamed_into_the_pool_stops_matching(small_pool, tmp_path
     """The pool store also takes events from Kafka; one evaluation event there must not reach candidates."""
     import shutil
 
-    from cloud_pool.store import PoolStore
+    from recfl.core.store import PoolStore
 
     pool = tmp_path / "pool"
     shutil.copytree(small_pool.pool_dir, pool)

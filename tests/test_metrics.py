@@ -7,7 +7,7 @@ import math
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-from recfl.metrics import auc, gauc, logloss, per_user_auc
+from recfl.core.metrics import auc, gauc, logloss, per_user_auc
 
 
 def test_auc_matches_sklearn_with_ties():

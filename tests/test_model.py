@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from recfl.model import ModelSpec, init_params, load_model, logits, predict, save_model, sgd_step
+from recfl.core.model import (
+    ModelSpec,
+    init_params,
+    load_model,
+    logits,
+    predict,
+    save_model,
+    sgd_step,
+)
 
 SPEC = ModelSpec(item_rows=50, category_rows=8, embed_dim=4, hidden=(8,), history=3, max_categories=2)
 

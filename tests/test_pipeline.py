@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfl.cli import main
-from recfl.pipeline import ARMS, stages
+from recfl.app.cli import main
+from recfl.app.pipeline import ARMS, stages
 
 TINY = """
 [synthetic]
@@ -102,7 +102,7 @@ def test_a_changed_upstream_setting_reruns_downstream_on_fresh_outputs(finished)
 def test_killed_run_resumes_to_the_same_results(finished):
     tmp, out = finished
     killed = tmp / "killed"
-    cmd = [sys.executable, "-m", "recfl.cli", "run", "--out", str(killed), "--config", str(_config(tmp))]
+    cmd = [sys.executable, "-m", "recfl", "run", "--out", str(killed), "--config", str(_config(tmp))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill inside the first federated stage
@@ -122,7 +122,7 @@ def test_killed_run_resumes_to_the_same_results(finished):
 def test_killed_in_any_stage_resumes_to_the_same_results(finished, stage):
     tmp, out = finished
     killed = tmp / f"killed-{stage}"
-    cmd = [sys.executable, "-m", "recfl.cli", "run", "--out", str(killed), "--config", str(_config(tmp))]
+    cmd = [sys.executable, "-m", "recfl", "run", "--out", str(killed), "--config", str(_config(tmp))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not (killed / stage).is_dir():

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud_pool.pool import assign_roles, build_pool, load_split, open_store, unit_hash
-from recfl.errors import RecflError
-from recfl.vocab import Vocabulary
+from cloud_pool.pool import assign_roles, build_pool
+from recfl.core.errors import RecflError
+from recfl.core.pool import load_split, open_store
+from recfl.core.schema import unit_hash
+from recfl.core.vocab import Vocabulary
 
 
 def test_roles_come_from_a_salted_blake2b_hash_not_pythons_hash():

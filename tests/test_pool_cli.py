@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cloud_pool.matching import read_candidates
-from recfl.cli import main
+from recfl.app.cli import main
+from recfl.core.candidates import read_candidates
 
 
 def run(capsys, *argv):

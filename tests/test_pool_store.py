@@ -7,9 +7,9 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from cloud_pool.store import PoolStore
-from recfl.errors import RecflError
-from recfl.formats import SyntheticSpec, load
+from recfl.core.errors import RecflError
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.store import PoolStore
 
 
 @pytest.fixture(scope="module")

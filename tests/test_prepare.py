@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfl.dataset import PreparedDataset, prepare
-from recfl.errors import RecflError
-from recfl.formats import SyntheticSpec, load
-from recfl.split import split_by_time
-from recfl.vocab import OOV, RESERVED, Vocabulary
+from recfl.core.dataset import PreparedDataset, prepare
+from recfl.core.errors import RecflError
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.split import split_by_time
+from recfl.core.vocab import OOV, RESERVED, Vocabulary
 
 
 @pytest.fixture(scope="module")

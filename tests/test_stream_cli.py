@@ -12,8 +12,8 @@ import time
 import pytest
 from kafka_fixtures import REPO
 
-from recfl.cli import main
-from recfl.errors import RecflError
+from recfl.app.cli import main
+from recfl.core.errors import RecflError
 from streaming.broker import free_port, start_broker
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic
@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
 
 
 def _start_broker_command(port: int) -> tuple[subprocess.Popen, dict]:
-    process = subprocess.Popen([sys.executable, "-m", "recfl.cli", "broker", "--port", str(port)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "recfl", "broker", "--port", str(port)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     while not lines or lines[-1] != "}\n":

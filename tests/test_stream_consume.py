@@ -12,9 +12,9 @@ from conftest import shared
 from kafka import KafkaProducer
 from kafka_fixtures import fetch_record, read_topic, wait_for_pool
 
-from cloud_pool.store import PoolStore
-from recfl.cli import main
-from recfl.formats import SyntheticSpec, load
+from recfl.app.cli import main
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.store import PoolStore
 from streaming.events import encode
 from streaming.producer import produce, replay_messages
 from streaming.settings import StreamConfig

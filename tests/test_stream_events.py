@@ -80,7 +80,7 @@ def test_security_settings_reach_every_kafka_client_as_its_own_keys(tmp_path):
     """SASL/SSL keys from [streaming] pass to kafka-python under names each client accepts."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-    from recfl import config
+    from recfl.core import config
 
     path = tmp_path / "kafka.toml"
     path.write_text('[streaming]\nbootstrap_servers = "b1:9093,b2:9093"\nsecurity_protocol = "SASL_SSL"\n'

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from conftest import shared
 
-from recfl.errors import RecflError
-from recfl.formats import SyntheticSpec, load
-from recfl.schema import EVENT_COLUMNS, conform, stable_id
+from recfl.core.errors import RecflError
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.schema import EVENT_COLUMNS, conform, stable_id
 from streaming.events import InvalidEvent, decode, encode
 from streaming.producer import replay_messages
 from streaming.settings import StreamConfig

@@ -12,8 +12,8 @@ import pytest
 from conftest import shared
 from kafka_fixtures import pool_count, read_topic, wait_for_pool
 
-from cloud_pool.store import PoolStore
-from recfl.formats import SyntheticSpec
+from recfl.core.formats import SyntheticSpec
+from recfl.core.store import PoolStore
 from streaming.broker import free_port
 from streaming.events import InvalidEvent, decode, encode
 from streaming.producer import produce, replay_messages

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recfl.errors import RecflError
-from recfl.features import Examples
-from recfl.model import ModelSpec, init_params, predict
-from recfl.submodel import Submodel
+from recfl.core.errors import RecflError
+from recfl.core.features import Examples
+from recfl.core.model import ModelSpec, init_params, predict
+from recfl.core.submodel import Submodel
 
 SPEC = ModelSpec(item_rows=300, category_rows=20, embed_dim=4, hidden=(8,), history=5, max_categories=2)
 

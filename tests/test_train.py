@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import shared
 
-from recfl.dataset import prepare
-from recfl.formats import load
-from recfl.train import TrainConfig, train_cloud_model
+from recfl.core.dataset import prepare
+from recfl.core.formats import load
+from recfl.core.train import TrainConfig, train_cloud_model
 
 
 @pytest.mark.shared_data

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfl.schema import PREDICTION_COLUMNS
+from recfl.core.schema import PREDICTION_COLUMNS
 
 
 @dataclass(frozen=True)

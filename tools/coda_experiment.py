@@ -31,7 +31,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from recfl import config
+import pandas as pd
+
+from ab_testing.evaluate import AbConfig, evaluate
+from ab_testing.predictions import from_frame
+from cloud_pool.matching import MatchConfig, write_candidates
+from cloud_pool.pool import build_pool
+from device.personalize import personalize
+from device.sample_filter import FilterConfig
+from device.tflite_trainer import FinetuneConfig
+from recfl.core import config
+from recfl.core.dataset import PreparedDataset, prepare
+from recfl.core.formats import load
+from recfl.core.formats.base import SourceData
+from recfl.core.pool import load_split
+from recfl.core.train import train_cloud_model
 
 log = logging.getLogger("coda_experiment")
 
@@ -77,8 +91,6 @@ VALIDATION: tuple[Run, ...] = (
 
 def carve_validation(test_split: Path, out: Path):
     """A prepared data set from the training events of ``test_split`` alone, split the same way."""
-    from recfl.dataset import PreparedDataset, prepare
-    from recfl.formats.base import SourceData
 
     source = PreparedDataset(test_split)
     m = source.manifest
@@ -88,10 +100,6 @@ def carve_validation(test_split: Path, out: Path):
 
 def setup_split(root: Path, budgets: set[float]) -> None:
     """Pool, cloud model (sharing users only) and candidates per budget under ``root`` (skips what exists)."""
-    from cloud_pool.matching import MatchConfig, write_candidates
-    from cloud_pool.pool import build_pool, load_split
-    from recfl.dataset import PreparedDataset
-    from recfl.train import train_cloud_model
 
     data = PreparedDataset(root / "data")
     if not (root / "pool" / "pool.json").is_file():
@@ -110,10 +118,6 @@ def _cands(budget: float) -> str:
 
 def personalize_run(root: Path, run: Run, workers: int) -> Path:
     """``recfl personalize`` for ``run`` on the split under ``root``; returns the predictions file."""
-    from device.personalize import personalize
-    from device.sample_filter import FilterConfig
-    from device.tflite_trainer import FinetuneConfig
-    from recfl.dataset import PreparedDataset
 
     out = root / "runs" / f"{run.name}.parquet"
     if out.is_file():
@@ -128,10 +132,7 @@ def personalize_run(root: Path, run: Run, workers: int) -> Path:
 
 def compare(files: dict[str, Path], control: str, bootstrap: int, metrics=("gauc",)) -> dict:
     """The A/B harness (paired bootstrap over users) on the named predictions files; arms renamed to the keys."""
-    import pandas as pd
 
-    from ab_testing.evaluate import AbConfig, evaluate
-    from ab_testing.predictions import from_frame
 
     frame = pd.concat([pd.read_parquet(p).assign(arm=name) for name, p in files.items()], ignore_index=True)
     result = evaluate(from_frame(frame, "coda_experiment"), control, AbConfig(metrics=tuple(metrics), bootstrap=bootstrap))
@@ -182,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    from recfl.dataset import PreparedDataset, prepare
-    from recfl.formats import load
 
     out: Path = args.out
     if not (out / "test" / "data" / "manifest.json").is_file():

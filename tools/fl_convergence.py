@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recfl.atomic import write_json_atomic
-from recfl.dataset import PreparedDataset
-from recfl.federated.simulate import FederatedConfig, simulate
+from recfl.core.atomic import write_json_atomic
+from recfl.core.dataset import PreparedDataset
+from recfl.core.federated.simulate import FederatedConfig, simulate
 
 ALGORITHMS = ("fedavg", "fedsubavg")
 

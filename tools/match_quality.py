@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from cloud_pool.matching import MatchConfig, match_candidates
-from cloud_pool.pool import load_split
-from recfl import config
-from recfl.dataset import PreparedDataset
+from recfl.core import config
+from recfl.core.dataset import PreparedDataset
+from recfl.core.pool import load_split
 
 VARIANTS: dict[str, dict] = {
     "categories": {"item_dims": 0},

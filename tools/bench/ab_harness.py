@@ -6,19 +6,24 @@ lifts), the median of several runs. Two references are measured in the same run:
 
 * the naive way: per resample, build the resampled table with pandas (a merge
   of the drawn users with their events) and compute the same metrics with
-  :mod:`recfl.metrics` (groupby-based); timed on a few resamples and scaled to
+  :mod:`recfl.core.metrics` (groupby-based); timed on a few resamples and scaled to
   1,000 -- what the vectorized bootstrap replaces;
-* the point metrics once (recfl.metrics on each arm, no interval): the floor
+* the point metrics once (recfl.core.metrics on each arm, no interval): the floor
   cost of looking at the numbers at all.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 import pandas as pd
 
+from ab_testing.evaluate import AbConfig, evaluate
+from ab_testing.predictions import from_frame
+from recfl.core.metrics import auc, gauc, logloss, per_user_topk
+from tools.ab_simulate import SimArm, simulate
 from tools.bench import Figure, median_seconds
 
 BENCH = "ab_harness"
@@ -26,8 +31,7 @@ METRICS = ("auc", "gauc", "logloss", "hr@10", "ndcg@10")
 
 
 def _point_metrics(frame: pd.DataFrame) -> dict:
-    """The overall metrics of one arm with recfl.metrics (what the naive loop recomputes per resample)."""
-    from recfl.metrics import auc, gauc, logloss, per_user_topk
+    """The overall metrics of one arm with recfl.core.metrics (what the naive loop recomputes per resample)."""
 
     u, y, s = frame["user_id"].to_numpy(), frame["label"].to_numpy(), frame["score"].to_numpy()
     top = per_user_topk(u, y, s, 10)
@@ -46,9 +50,6 @@ def _naive_resample(arms: dict[str, pd.DataFrame], users: np.ndarray, rng: np.ra
 
 def run(size: str) -> list[Figure]:
     quick = size == "quick"
-    from ab_testing.evaluate import AbConfig, evaluate
-    from ab_testing.predictions import from_frame
-    from tools.ab_simulate import SimArm, simulate
 
     users, resamples = (2_000, 200) if quick else (10_000, 1_000)
     frame = simulate(users, [SimArm("control", 1.0), SimArm("b", 0.9), SimArm("c", 0.8)],
@@ -78,8 +79,6 @@ def run(size: str) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    import sys
-
     for figure in run("quick" if "--quick" in sys.argv else "standard"):
         print(f"{figure.metric}: {figure.value:.2f} {figure.unit} vs {figure.reference}: {figure.reference_value:.2f} "
               f"{figure.unit} (ratio {figure.ratio:.4f})")

@@ -24,6 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from recfl.core.formats import SyntheticSpec
+from streaming.broker import start_broker
+from streaming.consumer import StreamConsumer
+from streaming.producer import produce, replay_messages
+from streaming.settings import StreamConfig
+from streaming.topics import ensure_topic
 from tools.bench import Figure
 
 BENCH = "consumer"
@@ -52,8 +58,6 @@ def _raw_poll(settings, count: int, assigned: threading.Event | None = None) -> 
 
 
 def _full(settings, count: int, pool: Path, assigned: threading.Event | None = None):
-    from streaming.consumer import StreamConsumer
-
     consumer = StreamConsumer(settings, pool)
     if assigned is not None:
         def watch():
@@ -66,8 +70,6 @@ def _full(settings, count: int, pool: Path, assigned: threading.Event | None = N
 
 def _latency(run_consumer, settings, messages, rate: float) -> np.ndarray:
     """Produce ``messages`` at ``rate`` while ``run_consumer(settings, assigned)`` consumes; its latencies."""
-    from streaming.producer import produce
-    from streaming.topics import ensure_topic
 
     ensure_topic(settings, settings.topic, settings.partitions)
     assigned, result = threading.Event(), {}
@@ -82,10 +84,6 @@ def _latency(run_consumer, settings, messages, rate: float) -> np.ndarray:
 
 def run(size: str) -> list[Figure]:
     quick = size == "quick"
-    from recfl.formats import SyntheticSpec
-    from streaming.broker import start_broker
-    from streaming.producer import produce, replay_messages
-    from streaming.settings import StreamConfig
 
     users, repeats = (400, 3) if quick else (2000, 3)
     rate, seconds = (1000.0, 5) if quick else (2000.0, 15)

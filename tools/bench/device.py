@@ -9,7 +9,7 @@ device users with the default ``[filter]`` and ``[finetune]`` settings, and
 its per-device report gives the medians. The in-run reference is the
 training step itself: one SGD step of the TFLite ``train`` signature against
 the same step of the same model definition in TensorFlow
-(``recfl.model.sgd_step`` in a ``tf.function``), same weights and batch.
+(``recfl.core.model.sgd_step`` in a ``tf.function``), same weights and batch.
 Peak memory is measured in fresh processes: the interpreter loading the
 ``.tflite`` and fine-tuning the median device, against the same steps in TF.
 """
@@ -21,7 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from cloud_pool.matching import write_candidates
+from cloud_pool.pool import build_pool
+from device.personalize import WorkerSettings, device_tasks, run_device
+from device.sample_filter import FilterConfig
+from device.tflite_trainer import DeviceTrainer, FinetuneConfig, export
+from recfl.core.dataset import PreparedDataset, prepare
+from recfl.core.features import Examples
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.model import init_params, load_model, sgd_step
+from recfl.core.pool import load_split
+from recfl.core.train import TrainConfig, train_cloud_model
 from tools.bench import Figure, in_fresh_process, median_seconds, peak_rss_mb
 
 BENCH = "device"
@@ -40,13 +52,6 @@ FULL = Scale(2_000, 5_000, 100)
 
 def _setup(scale: Scale, root: Path) -> None:
     """Data, pool, a cloud model trained on the sharing users, candidates, and the exported .tflite."""
-    from cloud_pool.matching import write_candidates
-    from cloud_pool.pool import build_pool
-    from device.tflite_trainer import FinetuneConfig, export
-    from recfl.dataset import prepare
-    from recfl.formats import SyntheticSpec, load
-    from recfl.model import load_model
-    from recfl.train import TrainConfig, train_cloud_model
 
     data = prepare(load("synthetic", None, SyntheticSpec(users=scale.users, items=scale.items, seed=0)), root / "data")
     split = build_pool(data, root / "pool", 0.5)
@@ -60,15 +65,8 @@ def _setup(scale: Scale, root: Path) -> None:
 
 def _devices(scale: Scale, root: Path) -> dict:
     """Per-device reports of the coda arm, and the TF vs TFLite step times on a device-sized batch."""
-    import pandas as pd
     import tensorflow as tf
 
-    from cloud_pool.pool import load_split
-    from device.personalize import WorkerSettings, device_tasks, run_device
-    from device.sample_filter import FilterConfig
-    from device.tflite_trainer import FinetuneConfig, export
-    from recfl.dataset import PreparedDataset
-    from recfl.model import init_params, load_model, sgd_step
 
     data, cfg = PreparedDataset(root / "data"), FinetuneConfig()
     spec, params = load_model(root / "model")
@@ -110,9 +108,6 @@ def _memory(root: Path, tflite: str, steps: int, runtime: str) -> dict:
     """Peak RSS of fine-tuning ``steps`` SGD steps in ``runtime`` (tflite or tf), beyond the imports."""
     import tensorflow as tf
 
-    from device.tflite_trainer import DeviceTrainer, FinetuneConfig
-    from recfl.features import Examples
-    from recfl.model import init_params, load_model, sgd_step
 
     cfg = FinetuneConfig()
     spec, _ = load_model(root / "model")

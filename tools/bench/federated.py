@@ -16,6 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from recfl.core.dataset import prepare
+from recfl.core.features import Encoder
+from recfl.core.federated.clients import Population
+from recfl.core.federated.computations import ClientWork, sparse_sum, sparse_type
+from recfl.core.federated.process import (
+    FederatedProcess,
+    RowCoefficients,
+    upload_bytes,
+)
+from recfl.core.federated.reference import build_tff_fedavg, client_dataset
+from recfl.core.federated.runtime import Runtime
+from recfl.core.federated.tff_process import SelectProcess
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.model import ModelConfig, ModelSpec, init_params
 from tools.bench import Figure, median_seconds, peak_rss_mb
 
 BENCH = "federated"
@@ -23,9 +37,6 @@ SHARED_ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-10
 
 
 def _case_data(name: str, root: Path, quick: bool):
-    from recfl.dataset import prepare
-    from recfl.formats import SyntheticSpec, load
-
     if name == "movielens-100k" and SHARED_ML100K.exists():
         return prepare(load("movielens-100k", SHARED_ML100K), root / name), "MovieLens 100K"
     if name == "movielens-100k":
@@ -40,7 +51,6 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
     vs dense (a full ``[V, d]`` delta per client, as FedAvg uploads); same touched rows and values."""
     import tensorflow_federated as tff
 
-    from recfl.federated.computations import sparse_sum, sparse_type
 
     d, rng = spec.embed_dim, np.random.default_rng(0)
     sparse = [{"ids": c.submodel.item_rows, "rows": rng.standard_normal((len(c.submodel.item_rows), d)).astype(np.float32)}
@@ -64,15 +74,6 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
 
 
 def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
-    from recfl.features import Encoder
-    from recfl.federated.clients import Population
-    from recfl.federated.computations import ClientWork
-    from recfl.federated.process import FederatedProcess, RowCoefficients, upload_bytes
-    from recfl.federated.reference import build_tff_fedavg, client_dataset
-    from recfl.federated.runtime import Runtime
-    from recfl.federated.tff_process import SelectProcess
-    from recfl.model import ModelConfig, ModelSpec, init_params
-
     with tempfile.TemporaryDirectory() as tmp:
         data, label = _case_data(name, Path(tmp), quick)
         spec = ModelSpec.build(ModelConfig(), data.item_vocab.size, data.category_vocab.size)

@@ -15,20 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from recfl.core.dataset import prepare
+from recfl.core.federated.clients import Population
+from recfl.core.federated.computations import ClientWork
+from recfl.core.federated.process import FederatedProcess, RowCoefficients
+from recfl.core.federated.runtime import Runtime
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.model import ModelConfig, ModelSpec, init_params
 from tools.bench import Figure, in_fresh_process, peak_rss_mb
 
 BENCH = "federated_scale"
 
 
 def _round_seconds(population_size: int, items: int, per_round: int, root: Path) -> tuple[float, float, float]:
-    from recfl.dataset import prepare
-    from recfl.federated.clients import Population
-    from recfl.federated.computations import ClientWork
-    from recfl.federated.process import FederatedProcess, RowCoefficients
-    from recfl.federated.runtime import Runtime
-    from recfl.formats import SyntheticSpec, load
-    from recfl.model import ModelConfig, ModelSpec, init_params
-
     data = prepare(load("synthetic", None, SyntheticSpec(users=population_size, items=items, events_per_user=30, seed=3)),
                    root / f"p{population_size}-v{items}")
     spec = ModelSpec.build(ModelConfig(), data.item_vocab.size, data.category_vocab.size).with_rows(items + 2, data.category_vocab.size)

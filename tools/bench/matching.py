@@ -27,6 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud_pool.matching import MatchConfig, Matcher, rank_pool_users, write_candidates
+from cloud_pool.pool import build_pool
+from recfl.core.dataset import PreparedDataset, prepare
+from recfl.core.formats import SyntheticSpec, load
+from recfl.core.pool import load_split, pool_summary
 from tools.bench import Figure, in_fresh_process, median_seconds, peak_rss_mb
 
 BENCH = "matching"
@@ -54,26 +59,17 @@ FULL = Scale(220_000, 1_000_000, 1_000, 100, (0.125, 0.25, 0.5),
 
 
 def _prepare(scale: Scale, root: Path) -> dict:
-    from recfl.dataset import prepare
-    from recfl.formats import SyntheticSpec, load
-
     spec = SyntheticSpec(users=scale.users, items=scale.items, categories=scale.categories, clusters=scale.clusters, seed=0)
     return prepare(load("synthetic", None, spec), root / "data").manifest["train"]
 
 
 def _build(root: Path, fraction: float) -> dict:
-    from cloud_pool.pool import build_pool, pool_summary
-    from recfl.dataset import PreparedDataset
-
     started = time.perf_counter()
     build_pool(PreparedDataset(root / "data"), root / f"pool-{fraction}", fraction)
     return {"seconds": time.perf_counter() - started, "peak_mb": peak_rss_mb(), **pool_summary(root / f"pool-{fraction}")}
 
 
 def _match(root: Path, fraction: float, users: np.ndarray, item_dims: int) -> dict:
-    from cloud_pool.matching import MatchConfig, write_candidates
-    from recfl.dataset import PreparedDataset
-
     baseline = peak_rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     out = root / "candidates"
@@ -89,8 +85,6 @@ def _reference(root: Path, fraction: float, users: np.ndarray) -> dict:
     """recfl's top-M step vs scikit-learn's brute cosine k-NN on the same profiles (this process, medians of 3)."""
     from sklearn.neighbors import NearestNeighbors
 
-    from cloud_pool.matching import Matcher, rank_pool_users
-    from recfl.dataset import PreparedDataset
 
     matcher = Matcher(root / f"pool-{fraction}", PreparedDataset(root / "data"))
     config, pool, device = matcher.config, matcher.pool, matcher.profiles(users)
@@ -122,7 +116,6 @@ def run(size: str) -> list[Figure]:
         for fraction, built in pools.items():
             figures.append(Figure(BENCH, f"pool build, {built['pool_events']:,} samples", built["seconds"], "s",
                                   note=f"{built['pool_events'] / built['seconds']:,.0f} samples/s, peak RSS {built['peak_mb']:,.0f} MB"))
-        from cloud_pool.pool import load_split
 
         device = load_split(root / f"pool-{max(scale.fractions)}").device_users  # device users of every smaller pool too
         chosen = np.random.default_rng(0).permutation(device)

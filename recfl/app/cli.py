@@ -1,0 +1,79 @@
+"""The ``recfl`` command: one entry point for every stage.
+
+Command modules (``recfl.app.commands``) each expose ``register(subparsers)``;
+other packages add commands through the ``recfl.commands`` entry-point group
+(``recfl bench`` comes from ``tools`` that way, so the app never imports the
+layer above it). Handlers import TensorFlow, TFF and LightGBM only when they
+run, so ``recfl --help`` starts fast. User mistakes raise
+:class:`RecflError` and end as one ``recfl: error: ...`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from importlib.metadata import entry_points
+
+from recfl import __version__
+from recfl.app.arguments import Parser
+from recfl.app.commands import (
+    ab,
+    data,
+    personalize,
+    pool,
+    predict,
+    run,
+    simulate,
+    stream,
+    train,
+)
+from recfl.core.errors import RecflError
+
+COMMANDS = (data, train, predict, simulate, run, pool, ab, stream, personalize)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="recfl", description="Device-cloud collaborative recommender training.")
+    parser.add_argument("--version", action="version", version=f"recfl {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for module in COMMANDS:
+        module.register(commands)
+    for plugin in sorted(entry_points(group="recfl.commands"), key=lambda e: e.name):
+        plugin.load()(commands)
+    return parser
+
+
+def _quiet_tensorflow(level: str) -> None:
+    """TensorFlow's C++ start-up chatter (CUDA probes on a CPU machine) unless debugging."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if level == "DEBUG" else "3")
+    for name in ("absl", "tensorflow", "h5py", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed as one line
+        return int(exit.code or 0)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_tensorflow(args.log_level)
+    try:
+        return int(args.handler(args) or 0)
+    except RecflError as exc:
+        print(f"recfl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # output piped into `head`: not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        print(f"recfl: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("recfl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command modules of the ``recfl`` CLI (see :mod:`recfl.app.cli`)."""

@@ -1,1 +1,0 @@
-"""Command modules of the ``recfl`` CLI (see :mod:`recfl.cli`)."""

@@ -1,0 +1,114 @@
+"""Centralized training of the cloud model on a prepared data set, with test metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from recfl.core.atomic import write_json_atomic
+from recfl.core.baselines import popularity_scores
+from recfl.core.config import check_limits
+from recfl.core.dataset import PreparedDataset
+from recfl.core.features import Examples, encode
+from recfl.core.metrics import ctr_metrics
+from recfl.core.model import (
+    ModelConfig,
+    ModelParams,
+    ModelSpec,
+    init_params,
+    loss_fn,
+    predict,
+    save_model,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` config section: central (cloud) training."""
+
+    epochs: int = 3
+    batch_size: int = 256
+    learning_rate: float = 0.002
+    seed: int = 0
+
+    def __post_init__(self):
+        check_limits(self, "train", epochs=">= 1", batch_size=">= 1", learning_rate="> 0")
+
+
+def encoded_splits(data: PreparedDataset, spec: ModelSpec, train_users: np.ndarray | None = None,
+                   test_users: np.ndarray | None = None) -> tuple[Examples, Examples]:
+    """Train examples (history from train) and test examples (history frozen at the split),
+    optionally restricted to some users (e.g. train on the pool's sharing users, test on device users)."""
+    args = (data.item_vocab, data.category_vocab, data.items, spec.features)
+    return encode(of_users(data.train, train_users), data.train, *args), encode(of_users(data.test, test_users), data.train, *args)
+
+
+def of_users(events, users: np.ndarray | None):
+    """The events of ``users`` (all events when ``users`` is None), order kept."""
+    return events if users is None else events[events["user_id"].isin(users)]
+
+
+def fit(spec: ModelSpec, params: ModelParams, examples: Examples, config: TrainConfig, progress: bool = True) -> tuple[ModelParams, list[float]]:
+    """Adam on all examples for ``config.epochs``; returns trained params and mean loss per epoch."""
+    import tensorflow as tf
+
+    tf.random.set_seed(config.seed)
+    variables = [tf.Variable(a) for a in params.arrays()]
+    optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+
+    @tf.function(reduce_retracing=True)
+    def step(item, cats, hist, label):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(variables[0], variables[1], variables[2:], item, cats, hist, label)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    rng = np.random.default_rng(config.seed)
+    losses = []
+    for epoch in range(config.epochs):
+        order = rng.permutation(len(examples))
+        total, batches = 0.0, range(0, len(order), config.batch_size)
+        for lo in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False):
+            b = examples.take(order[lo : lo + config.batch_size])
+            total += float(step(b.item, b.cats, b.hist, b.label)) * len(b)
+        losses.append(total / max(len(order), 1))
+        log.info("epoch %d: train loss %.4f", epoch + 1, losses[-1])
+    return ModelParams.from_arrays([v.numpy() for v in variables]), losses
+
+
+def train_cloud_model(data: PreparedDataset, out: Path, model_config: ModelConfig = ModelConfig(),
+                      config: TrainConfig = TrainConfig(), progress: bool = True,
+                      train_users: np.ndarray | None = None, test_users: np.ndarray | None = None) -> dict:
+    """Train on ``data``'s train split, evaluate on its test split, write the model and metrics.
+
+    ``train_users`` limits training to those users' events (the cloud sees only
+    the pool of sharing users); ``test_users`` limits evaluation likewise.
+    """
+    started = time.time()
+    spec = ModelSpec.build(model_config, data.item_vocab.size, data.category_vocab.size)
+    train, test = encoded_splits(data, spec, train_users, test_users)
+    params, losses = fit(spec, init_params(spec, model_config.init_seed), train, config, progress)
+    scores = predict(spec, params, test.inputs())
+    baseline = popularity_scores(of_users(data.train, train_users), of_users(data.test, test_users)["item_id"].to_numpy())
+    report = {
+        "data": str(data.root),
+        "model": ctr_metrics(test.user_id, test.label, scores),
+        "popularity_baseline": ctr_metrics(test.user_id, test.label, baseline),
+        "train_loss": losses,
+        "train_examples": len(train),
+        "train_users": None if train_users is None else int(len(np.unique(train_users))),
+        "test_examples": len(test),
+        "config": {"model": asdict(model_config), "train": asdict(config)},
+        "seconds": round(time.time() - started, 2),
+    }
+    out = Path(out)
+    save_model(out, spec, params, meta={"trained_on": str(data.root), "config": report["config"]})
+    write_json_atomic(out / "metrics.json", report)
+    return report
