@@ -55,7 +55,7 @@ from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
 from recfl.core.features import Encoder, Examples
 from recfl.core.metrics import ctr_metrics
-from recfl.core.model import ModelParams, ModelSpec, load_model, predict
+from recfl.core.models import ModelParams, ModelSpec, load_model, predict
 from recfl.core.pool import load_split, open_store
 from recfl.core.schema import predictions_table
 from recfl.core.submodel import Submodel
@@ -94,7 +94,13 @@ class DeviceContext:
 
     @property
     def knowledge(self) -> ItemKnowledge:
-        return ItemKnowledge(self.data.item_vocab, self.data.category_vocab, self.params.item_emb)
+        return ItemKnowledge(self.data.item_vocab, self.data.category_vocab, item_embeddings(self.spec, self.params))
+
+
+def item_embeddings(spec: ModelSpec, params: ModelParams) -> np.ndarray | None:
+    """The cloud model's item embeddings (its first table over the item vocabulary), if it has one."""
+    table = next((t.name for t in spec.definition.tables if t.vocabulary == "items"), None)
+    return None if table is None else params.tables[table]
 
 
 def validation_split(n: int, fraction: float) -> int:
@@ -102,13 +108,14 @@ def validation_split(n: int, fraction: float) -> int:
     return 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
 
 
-def capacity_prefix(base: Submodel, candidates: Examples, capacity: tuple[int, int]) -> int:
+def capacity_prefix(base: Submodel, candidates: Examples, capacity: dict[str, int]) -> int:
     """How many leading ``candidates`` fit beside ``base``'s rows within ``capacity`` rows per table."""
     fits = np.full(len(candidates), True)
-    for held, values, cap in ((base.item_rows, np.column_stack([candidates.item, candidates.hist]), capacity[0]),
-                              (base.cat_rows, candidates.cats, capacity[1])):
+    for table, held in base.rows.items():
+        fields = [f for f, t in base.fields.items() if t == table]
+        values, cap = np.column_stack([_columns(getattr(candidates, f)) for f in fields]), capacity[table]
         if len(held) > cap:
-            raise RecflError(f"a device needs {len(held)} rows for its own events but the capacity is {cap}; "
+            raise RecflError(f"a device needs {len(held)} {table} rows for its own events but the capacity is {cap}; "
                              "raise finetune.item_capacity / finetune.category_capacity")
         owner = np.repeat(np.arange(len(candidates)), values.shape[1])
         flat = values.ravel()
@@ -117,6 +124,11 @@ def capacity_prefix(base: Submodel, candidates: Examples, capacity: tuple[int, i
         added = np.cumsum(np.bincount(owner[new][first], minlength=len(candidates)))
         fits &= len(held) + added <= cap
     return int(np.argmin(fits)) if not fits.all() else len(candidates)
+
+
+def _columns(values: np.ndarray) -> np.ndarray:
+    """A field as a 2-D array of row ids (one row per example)."""
+    return values.reshape(len(values), int(np.prod(values.shape[1:])))
 
 
 def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict]:
@@ -139,22 +151,23 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
     cand_ex = cand_ex.take(np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable"))
-    base = Submodel.covering(local_ex, test_ex)
-    fit_n = capacity_prefix(base, cand_ex, (cfg.item_capacity, cfg.category_capacity))
+    capacity = cfg.capacity(ctx.spec)
+    base = Submodel.covering(ctx.spec, local_ex, test_ex)
+    fit_n = capacity_prefix(base, cand_ex, capacity)
     cand_ex = cand_ex.take(slice(0, fit_n))
-    sub = Submodel.covering(local_ex, test_ex, cand_ex)
-    report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, item_rows=sub.sizes[0],
-                  category_rows=sub.sizes[1], submodel_bytes=sub.payload_bytes(ctx.params))
+    sub = Submodel.covering(ctx.spec, local_ex, test_ex, cand_ex)
+    report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, submodel_bytes=sub.payload_bytes(ctx.params),
+                  **{f"{table}_rows": rows for table, rows in sub.sizes.items()})
 
     n_val = validation_split(len(local_ex), cfg.val_fraction)
     fit = Examples.concat([sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)])
     val = sub.localize(local_ex.take(slice(len(local_ex) - n_val, None)))
-    ctx.trainer.set_params(sub.extract(ctx.params, (cfg.item_capacity, cfg.category_capacity)))
+    ctx.trainer.set_params(sub.extract(ctx.params, capacity), anchor=True)
     rng = np.random.default_rng([cfg.seed, task.user_id])
     tuned = finetune(ctx.trainer, fit, val, cfg, rng)
-    checkpoint = ctx.device_dir / f"{task.user_id}.ckpt"
+    checkpoint = ctx.device_dir / f"{task.user_id}.weights.npz"
     ctx.trainer.save(checkpoint)  # the personalized model stays on the device
-    np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", item_rows=sub.item_rows, cat_rows=sub.cat_rows)
+    np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", **sub.rows)
     ctx.trainer.restore(checkpoint)
     scores = ctx.trainer.predict(sub.localize(test_ex))
     report.update(fit_events=len(fit), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
@@ -179,7 +192,7 @@ class WorkerSettings:
     def context(self) -> DeviceContext:
         spec, params = load_model(self.model_dir)
         cfg = self.finetune_config
-        trainer = DeviceTrainer(self.tflite_path, spec.with_rows(cfg.item_capacity, cfg.category_capacity))
+        trainer = DeviceTrainer(self.tflite_path, cfg.program_spec(spec))
         data = PreparedDataset(self.data_dir)
         return DeviceContext(self.arm, data, spec, params, trainer, _encoder(data, spec), self.filter_config, cfg,
                              self.device_dir)
@@ -231,9 +244,8 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         frames, reports = [predictions_table(test, predict(spec, params, examples.inputs()), arm)], []
     else:
         cache_dir = Path(cache_dir) if cache_dir is not None else Path(model_dir) / "tflite"
-        capacity_spec = spec.with_rows(finetune_config.item_capacity, finetune_config.category_capacity)
         before = len(conversions(cache_dir))
-        tflite_path = export(capacity_spec, cache_dir)
+        tflite_path = export(finetune_config.program_spec(spec), cache_dir, finetune_config.batch_size, finetune_config.ops)
         summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
@@ -318,17 +330,12 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
                 cands, cand_ex = matched.iloc[rows].reset_index(drop=True), examples.take(rows)
             else:
                 cands = empty.assign(similarity=np.zeros(0), target_user_id=np.zeros(0, np.int64))
-                cand_ex = _no_examples(spec)
+                cand_ex = Examples.empty(spec.features)
             yield DeviceTask(user, by_user_train.get(user, empty), by_user_test[user], cands, cand_ex)
 
 
 def _encoder(data: PreparedDataset, spec: ModelSpec) -> Encoder:
     return Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)
-
-
-def _no_examples(spec: ModelSpec) -> Examples:
-    return Examples(np.zeros(0, np.int32), np.zeros((0, spec.max_categories), np.int32), np.zeros((0, spec.history), np.int32),
-                    np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _summarize(per_user: pd.DataFrame) -> dict:

@@ -81,7 +81,7 @@ class ItemKnowledge:
 
     item_vocab: Vocabulary
     category_vocab: Vocabulary
-    item_embeddings: np.ndarray  # [item rows, d]: the cloud model's item table
+    item_embeddings: np.ndarray | None  # [item rows, d]: the cloud model's item table (None if it has none)
 
     def popularity(self, rows: np.ndarray) -> np.ndarray:
         """log(1 + training count) of each item row (PAD/OOV count 0)."""
@@ -112,6 +112,8 @@ def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...],
     """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
     order (categorical codes first), then the item embedding and the history embedding if asked for.
     ``history`` holds each event's clicked-history item rows (``Examples.hist``)."""
+    if items.item_embeddings is None and {"embedding", "history"} & set(names):
+        raise RecflError("filter.features 'embedding' and 'history' need a model with a table over the item vocabulary")
     rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
     ts = events["timestamp"].to_numpy(np.int64)
     column = {

@@ -44,7 +44,7 @@ from recfl.core.dataset import DataConfig, PreparedDataset, prepare_from_config
 from recfl.core.errors import RecflError
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.formats import SyntheticSpec
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.pool import load_split, pool_summary
 from recfl.core.train import TrainConfig, train_cloud_model
 

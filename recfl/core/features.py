@@ -16,6 +16,8 @@ import pandas as pd
 
 from recfl.core.vocab import PAD, Vocabulary
 
+FIELDS = ("item", "cats", "hist")  # the batch fields a model reads (see Examples)
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -35,6 +37,11 @@ class Examples:
     label: np.ndarray  # float32 [N]
     user_id: np.ndarray  # int64 [N]   raw user id (for grouping and metrics, not a model input)
     timestamp: np.ndarray  # int64 [N]
+    weight: np.ndarray | None = None  # float32 [N]  loss weight of each example (ones when not given)
+
+    def __post_init__(self):
+        if self.weight is None:
+            self.weight = np.ones(len(self.label), np.float32)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -44,8 +51,18 @@ class Examples:
         return Examples(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """The three model inputs by name."""
-        return {"item": self.item, "cats": self.cats, "hist": self.hist}
+        """The model's input fields by name."""
+        return {f: getattr(self, f) for f in FIELDS}
+
+    def batch(self) -> dict[str, np.ndarray]:
+        """Input fields plus ``label`` and ``weight``: what a training step reads."""
+        return {**self.inputs(), "label": self.label, "weight": self.weight}
+
+    @staticmethod
+    def empty(spec: "FeatureSpec") -> "Examples":
+        """No examples, with the field widths of ``spec``."""
+        return Examples(np.zeros(0, np.int32), np.zeros((0, spec.max_categories), np.int32), np.zeros((0, spec.history), np.int32),
+                        np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     @staticmethod
     def concat(parts: list["Examples"]) -> "Examples":

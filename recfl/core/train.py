@@ -16,14 +16,15 @@ from recfl.core.config import check_limits
 from recfl.core.dataset import PreparedDataset
 from recfl.core.features import Examples, encode
 from recfl.core.metrics import ctr_metrics
-from recfl.core.model import (
+from recfl.core.models import (
     ModelConfig,
     ModelParams,
     ModelSpec,
+    batch_loss,
     init_params,
-    loss_fn,
     predict,
     save_model,
+    vocabulary_sizes,
 )
 
 log = logging.getLogger(__name__)
@@ -56,18 +57,23 @@ def of_users(events, users: np.ndarray | None):
 
 
 def fit(spec: ModelSpec, params: ModelParams, examples: Examples, config: TrainConfig, progress: bool = True) -> tuple[ModelParams, list[float]]:
-    """Adam on all examples for ``config.epochs``; returns trained params and mean loss per epoch."""
+    """Adam on all examples for ``config.epochs``; returns trained params and mean loss per epoch.
+
+    Device-private weights are not trained: the cloud has none of a device's (they stay at zero).
+    """
     import tensorflow as tf
 
     tf.random.set_seed(config.seed)
+    groups = [group for group, _, _ in spec.shapes()]
     variables = [tf.Variable(a) for a in params.arrays()]
+    trained = [v for v, group in zip(variables, groups) if group != "private"]
     optimizer = tf.keras.optimizers.Adam(config.learning_rate)
 
     @tf.function(reduce_retracing=True)
-    def step(item, cats, hist, label):
+    def step(batch):
         with tf.GradientTape() as tape:
-            loss = loss_fn(variables[0], variables[1], variables[2:], item, cats, hist, label)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            loss = batch_loss(spec, variables, batch)
+        optimizer.apply_gradients(zip(tape.gradient(loss, trained), trained))
         return loss
 
     rng = np.random.default_rng(config.seed)
@@ -77,10 +83,10 @@ def fit(spec: ModelSpec, params: ModelParams, examples: Examples, config: TrainC
         total, batches = 0.0, range(0, len(order), config.batch_size)
         for lo in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False):
             b = examples.take(order[lo : lo + config.batch_size])
-            total += float(step(b.item, b.cats, b.hist, b.label)) * len(b)
+            total += float(step(b.batch())) * len(b)
         losses.append(total / max(len(order), 1))
         log.info("epoch %d: train loss %.4f", epoch + 1, losses[-1])
-    return ModelParams.from_arrays([v.numpy() for v in variables]), losses
+    return ModelParams.from_arrays(spec, [v.numpy() for v in variables]), losses
 
 
 def train_cloud_model(data: PreparedDataset, out: Path, model_config: ModelConfig = ModelConfig(),
@@ -92,7 +98,7 @@ def train_cloud_model(data: PreparedDataset, out: Path, model_config: ModelConfi
     the pool of sharing users); ``test_users`` limits evaluation likewise.
     """
     started = time.time()
-    spec = ModelSpec.build(model_config, data.item_vocab.size, data.category_vocab.size)
+    spec = ModelSpec.build(model_config, vocabulary_sizes(data))
     train, test = encoded_splits(data, spec, train_users, test_users)
     params, losses = fit(spec, init_params(spec, model_config.init_seed), train, config, progress)
     scores = predict(spec, params, test.inputs())

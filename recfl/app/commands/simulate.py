@@ -9,7 +9,7 @@ from recfl.core import config
 from recfl.core.dataset import PreparedDataset
 from recfl.core.federated.runtime import serve
 from recfl.core.federated.simulate import FederatedConfig, simulate
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.pool import load_split
 
 

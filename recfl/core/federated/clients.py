@@ -16,7 +16,7 @@ import pandas as pd
 
 from recfl.core.dataset import PreparedDataset
 from recfl.core.features import Encoder, Examples
-from recfl.core.model import ModelSpec
+from recfl.core.models import ModelSpec
 from recfl.core.submodel import Submodel
 
 
@@ -44,6 +44,7 @@ class Population:
         self.user_ids = user[starts]
         self._bounds = np.r_[starts, len(user)]
         self._encoder = Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)
+        self._spec = spec
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -66,7 +67,7 @@ class Population:
         out, lo = [], 0
         for index, size in zip(indices, sizes):
             mine = examples.take(slice(lo, lo + size))
-            submodel = Submodel.covering(mine)
+            submodel = Submodel.covering(self._spec, mine)
             out.append(ClientData(int(self.user_ids[index]), submodel, submodel.localize(mine)))
             lo += size
         return out
