@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +144,14 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     if ctx.arm == "local":
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
     report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
+    weight = np.ones(len(candidates))
     if ctx.arm == "coda":
         result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config, local_ex.hist, cand_ex.hist)
         report.update(result.report())
-        candidates, cand_ex = candidates[result.keep], cand_ex.take(result.keep)
+        candidates, cand_ex, weight = candidates[result.keep], cand_ex.take(result.keep), result.weight[result.keep]
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
+    cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
     cand_ex = cand_ex.take(np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable"))
     capacity = cfg.capacity(ctx.spec)
     base = Submodel.covering(ctx.spec, local_ex, test_ex)

@@ -13,15 +13,24 @@ to equal total weight, so a score of 0.5 means "as likely local as not".
 Features (``features``, any of :data:`FEATURES`): item, category and
 behaviour (categorical; ids as vocabulary rows), hour of day, day of week,
 label, item popularity (log training count), the cloud model's item
-embedding, and ``history``: the mean cloud embedding of the sample's
-clicked-history items (whose context the sample comes from). The default
-leaves out the context features: on MovieLens the timestamp is when a
-rating was typed, so hour and weekday identify the user's rating sessions
-(out-of-fold AUC 1.0), and the history tells whose sample it is (AUC 0.98);
-keeping candidates by them did not help (README).
+embedding, ``affinity``: the cosine between the item's cloud embedding and
+the user's taste (the mean embedding of the user's own positive items; a
+local sample's own item is left out of it, so its affinity is earned, not
+given), and ``history``: the mean cloud embedding of the sample's
+clicked-history items (whose context the sample comes from). The context
+features tell whose sample it is rather than whether it resembles the
+user's data: on MovieLens hour and weekday identify the user's rating
+sessions (out-of-fold AUC 1.0) and the history the owner (AUC 0.98), and a
+raw item id is anti-signal (a user rates a movie once, so a held-out local
+item was only ever seen among the candidates); see the README.
 
 Keep rule: the top ``keep_fraction`` of candidates by score, or every
-candidate scoring at least ``threshold``. Fallback: with fewer than
+candidate scoring at least ``threshold``. With ``weighting = "odds"`` the
+classifier is also a density-ratio estimator: a kept candidate's loss
+weight is its odds ``s / (1 - s)`` (an estimate of p_local(x) / p_cand(x),
+since the classes are weighted to equal totals), clipped to
+``weight_clip`` and normalized to mean 1 over the kept candidates, as in
+covariate-shift correction. Fallback: with fewer than
 ``min_local`` local samples, or fewer candidates or local samples than
 ``folds``, no classifier is trained; ``fallback = "similarity"`` keeps the top
 ``keep_fraction`` by coarse-matching similarity (ties keep table order),
@@ -43,7 +52,8 @@ from recfl.core.vocab import Vocabulary
 
 CLASSIFIER, FALLBACK, NO_CANDIDATES = "classifier", "fallback", "no_candidates"
 CATEGORICAL = ("item", "category", "behavior")
-FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "embedding", "history")
+FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "affinity", "embedding", "history")
+WEIGHTINGS = ("none", "odds")
 
 
 @dataclass(frozen=True)
@@ -61,15 +71,19 @@ class FilterConfig:
     num_leaves: int = 15
     learning_rate: float = 0.1
     min_data_in_leaf: int = 5
+    weighting: str = "none"  # none | odds: kept candidates weighted by the classifier's odds (density ratio)
+    weight_clip: float = 5.0  # odds weights are clipped to at most this before normalizing
     seed: int = 0
 
     def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise RecflError(f"filter.weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.rule not in ("top_fraction", "threshold"):
             raise RecflError(f"filter.rule must be top_fraction or threshold, got {self.rule!r}")
         if self.fallback not in ("similarity", "all"):
             raise RecflError(f"filter.fallback must be similarity or all, got {self.fallback!r}")
         check_limits(self, "filter", folds=">= 2", keep_fraction="[0, 1]", threshold="[0, 1]", min_local=">= 0",
-                     rounds=">= 1", num_leaves=">= 2", learning_rate="> 0", min_data_in_leaf=">= 1")
+                     rounds=">= 1", num_leaves=">= 2", learning_rate="> 0", min_data_in_leaf=">= 1", weight_clip=">= 1")
         unknown = sorted(set(self.features) - set(FEATURES))
         if unknown or not self.features:
             raise RecflError(f"filter.features: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURES)}")
@@ -94,6 +108,7 @@ class FilterResult:
     """The decision on each candidate, with what it was based on (per candidate, in table order)."""
 
     keep: np.ndarray  # bool
+    weight: np.ndarray  # loss weight of each candidate (ones unless weighting = "odds"; 0 for dropped ones)
     score: np.ndarray  # out-of-fold local-likeness in [0, 1]; NaN without a classifier
     fold: np.ndarray  # fold of each candidate (its score comes from the model that left this fold out); -1 without
     local_fold: np.ndarray  # fold of each local sample; -1 without
@@ -107,13 +122,23 @@ class FilterResult:
                 "filter_auc": self.auc, "filter_path": self.path, "filter_seconds": round(self.seconds, 4)}
 
 
+def taste(items: ItemKnowledge, rows: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The user's taste (mean embedding of their positive items) for any sample, and for each of the user's own
+    samples with its own item left out (``rows``/``positive`` are the user's item rows and labels)."""
+    emb = items.item_embeddings[rows].astype(np.float64)
+    total, count = (emb * positive[:, None]).sum(axis=0), float(positive.sum())
+    own = (total[None, :] - emb * positive[:, None]) / np.maximum(count - positive, 1.0)[:, None]
+    return total / max(count, 1.0), own
+
+
 def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index,
-             history: np.ndarray | None = None) -> np.ndarray:
+             history: np.ndarray | None = None, profile: np.ndarray | None = None) -> np.ndarray:
     """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
     order (categorical codes first), then the item embedding and the history embedding if asked for.
-    ``history`` holds each event's clicked-history item rows (``Examples.hist``)."""
-    if items.item_embeddings is None and {"embedding", "history"} & set(names):
-        raise RecflError("filter.features 'embedding' and 'history' need a model with a table over the item vocabulary")
+    ``history`` holds each event's clicked-history item rows (``Examples.hist``); ``profile`` the taste vector
+    each event's affinity is measured against (one row per event, or one for all)."""
+    if items.item_embeddings is None and {"embedding", "history", "affinity"} & set(names):
+        raise RecflError("filter.features 'embedding', 'affinity' and 'history' need a model with a table over the item vocabulary")
     rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
     ts = events["timestamp"].to_numpy(np.int64)
     column = {
@@ -124,6 +149,7 @@ def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...],
         "weekday": lambda: (ts // 86400 + 3) % 7,  # 1970-01-01 was a Thursday: 0 = Monday
         "label": lambda: events["label"].to_numpy(np.float64),
         "popularity": lambda: items.popularity(rows),
+        "affinity": lambda: _cosine(items.item_embeddings[rows].astype(np.float64), profile),
     }
     scalars = [column[name]() for name in FEATURES if name in names and name in column]
     matrix = np.column_stack(scalars).astype(np.float64) if scalars else np.zeros((len(events), 0))
@@ -179,19 +205,23 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     n_local, n_cand = len(local), len(candidates)
     none = np.full(n_cand, -1, dtype=np.int64)
     if n_cand == 0:
-        return FilterResult(np.zeros(0, bool), np.zeros(0), none, np.full(n_local, -1), NO_CANDIDATES, float("nan"),
-                            time.perf_counter() - started)
+        return FilterResult(np.zeros(0, bool), np.zeros(0), np.zeros(0), none, np.full(n_local, -1), NO_CANDIDATES,
+                            float("nan"), time.perf_counter() - started)
     if n_local < max(config.min_local, config.folds) or n_cand < config.folds:
         if config.fallback == "all":
             keep = np.ones(n_cand, dtype=bool)
         else:
             keep = keep_top(candidates["similarity"].to_numpy(np.float64), config.keep_fraction)
-        return FilterResult(keep, np.full(n_cand, np.nan), none, np.full(n_local, -1), FALLBACK, float("nan"),
-                            time.perf_counter() - started)
+        return FilterResult(keep, keep.astype(np.float64), np.full(n_cand, np.nan), none, np.full(n_local, -1), FALLBACK,
+                            float("nan"), time.perf_counter() - started)
 
     behaviors = pd.Index(sorted(set(_behavior(local)) | set(_behavior(candidates))))
-    x_local = features(local, items, config.features, behaviors, local_history)
-    x_cand = features(candidates, items, config.features, behaviors, candidate_history)
+    profile = own = None
+    if "affinity" in config.features:
+        local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
+        profile, own = taste(items, local_rows, local["label"].to_numpy(np.float64))
+    x_local = features(local, items, config.features, behaviors, local_history, own)
+    x_cand = features(candidates, items, config.features, behaviors, candidate_history, profile)
     rng = np.random.default_rng(config.seed)
     local_fold, cand_fold = assign_folds(n_local, config.folds, rng), assign_folds(n_cand, config.folds, rng)
     score, local_score = np.empty(n_cand), np.empty(n_local)
@@ -206,7 +236,21 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     else:
         keep = score >= config.threshold
     oof_auc = auc(np.r_[np.ones(n_local), np.zeros(n_cand)], np.r_[local_score, score])
-    return FilterResult(keep, score, cand_fold, local_fold, CLASSIFIER, oof_auc, time.perf_counter() - started)
+    weight = odds_weights(score, keep, config.weight_clip) if config.weighting == "odds" else keep.astype(np.float64)
+    return FilterResult(keep, weight, score, cand_fold, local_fold, CLASSIFIER, oof_auc, time.perf_counter() - started)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    b = np.broadcast_to(b, a.shape)
+    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def odds_weights(score: np.ndarray, keep: np.ndarray, clip: float) -> np.ndarray:
+    """Importance weights of the kept candidates: odds clipped to ``clip``, normalized to mean 1 (0 elsewhere)."""
+    odds = np.clip(score / np.maximum(1.0 - score, 1e-12), 0.0, clip)
+    weight = np.where(keep, odds, 0.0)
+    mean = weight[keep].mean() if keep.any() else 0.0
+    return weight / mean if mean > 0 else keep.astype(np.float64)
 
 
 def _behavior(events: pd.DataFrame) -> np.ndarray:
