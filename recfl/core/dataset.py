@@ -274,6 +274,16 @@ class PreparedDataset:
                                                "seed": self.manifest.get("seed", 0)})
 
     @property
+    def settings(self) -> DataConfig:
+        """The ``[data]`` settings this set was prepared with; ``prepare(source, out, settings)`` splits any
+        other events the same way (e.g. a validation split carved from this set's training events)."""
+        m, rule = self.manifest, self.negatives
+        return DataConfig(format=m["source"], path=m["path"], split=m.get("split", "time_fraction"),
+                          test_fraction=m["test_fraction"], min_count=m["min_count"],
+                          min_user_events=m.get("min_user_events", 1), negatives=rule["test_per_positive"],
+                          negative_sampling=rule["sampling"], train_negatives=rule["train_per_positive"], seed=m["seed"])
+
+    @property
     def train_negatives(self) -> int:
         """Sampled negatives per training positive that every trainer draws (``[data] train_negatives``)."""
         return int(self.negatives["train_per_positive"])
