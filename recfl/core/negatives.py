@@ -56,6 +56,11 @@ def _stream_key(seed: int, stream) -> np.uint64:
     return np.uint64(int.from_bytes(digest, "big"))
 
 
+def _uniform(base: np.ndarray, attempt: int) -> np.ndarray:
+    """A uniform number in [0, 1) per draw (its ``base`` hash) and attempt."""
+    return (_mix(base + np.uint64(attempt)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Membership of ``values`` in the sorted array ``sorted_values``."""
     if not len(sorted_values):
@@ -164,10 +169,6 @@ class NegativeSampler:
                 f"(of the {self.size} items with a training vocabulary row; {len(short)} user-timestamps are short); "
                 f"lower {setting}")
 
-    def _uniform(self, base: np.ndarray, attempt: int) -> np.ndarray:
-        """A uniform number in [0, 1) per draw and attempt."""
-        return (_mix(base + np.uint64(attempt)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
     def _pick(self, x: np.ndarray, cdf: np.ndarray) -> np.ndarray:
         """Positions among ``len(cdf)`` items drawn by uniform numbers ``x``: uniformly, or along the popularity ``cdf``."""
         if self.sampling == "uniform":
@@ -182,7 +183,7 @@ class NegativeSampler:
         used, later = np.zeros(0, np.int64), np.zeros(0, np.int64)
         pending = np.arange(len(base))
         for attempt in range(MAX_ROUNDS):
-            pick = self._pick(self._uniform(base[pending], attempt), self._cdf)
+            pick = self._pick(_uniform(base[pending], attempt), self._cdf)
             user = user_index[pending]
             key = group[pending] * m + pick
             ok = ~((user >= 0) & _in_sorted(self._taken, user * m + pick)) & ~_in_sorted(used, key) & ~_in_sorted(later, key)
@@ -202,7 +203,7 @@ class NegativeSampler:
                 if user >= 0 else np.zeros(0, np.int64)
             free = np.setdiff1d(np.arange(m), np.union1d(taken, chosen[group == g]))
             for slot in slots:
-                at = self._pick(self._uniform(base[slot:slot + 1], MAX_ROUNDS), np.cumsum(self._counts[free]))[0]
+                at = self._pick(_uniform(base[slot:slot + 1], MAX_ROUNDS), np.cumsum(self._counts[free]))[0]
                 chosen[slot] = free[at]
                 free = np.delete(free, at)
         return chosen
