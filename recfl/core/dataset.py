@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -115,7 +115,7 @@ class PreparedSplit:
     item_vocab: Vocabulary
     category_vocab: Vocabulary
     sampler: NegativeSampler
-    manifest: dict = field(default_factory=dict)
+    manifest: dict
 
 
 def split_source(data: SourceData, cfg: DataConfig = DataConfig()) -> PreparedSplit:
@@ -136,15 +136,18 @@ def split_source(data: SourceData, cfg: DataConfig = DataConfig()) -> PreparedSp
         dropped["after_test_positive"] = split.dropped
     train, test = marked(split.train), marked(split.test)
     item_vocab = Vocabulary.fit(train["item_id"].to_numpy(), cfg.min_count)
-    sampler = NegativeSampler(pd.concat([train, test])[["user_id", "item_id"]], item_vocab, data.items,
-                              cfg.negative_sampling, cfg.seed)
+
+    def sampler_of(test: pd.DataFrame) -> NegativeSampler:
+        return NegativeSampler(pd.concat([train, test])[["user_id", "item_id"]], item_vocab, data.items,
+                               cfg.negative_sampling, cfg.seed)
+
+    sampler = sampler_of(test)
     negatives = sampler.sample(test[test["label"] == 1], cfg.negatives, TEST_STREAM, "data.negatives")
     if len(negatives):  # each positive's timestamp: the real events first, then the sampled ones
         test = pd.concat([test, negatives], ignore_index=True)
         order = np.lexsort((test[SAMPLED].to_numpy(), test["timestamp"].to_numpy(), test["user_id"].to_numpy()))
         test = test.iloc[order].reset_index(drop=True)
-        sampler = NegativeSampler(pd.concat([train, test])[["user_id", "item_id"]], item_vocab, data.items,
-                                  cfg.negative_sampling, cfg.seed)
+        sampler = sampler_of(test)  # the trainers' rule: never a test item, sampled ones included
     items = data.items[data.items["item_id"].isin(pd.concat([train["item_id"], test["item_id"]]).unique())]
     train_items = items[items["item_id"].isin(train["item_id"].unique())]
     cats = np.concatenate([np.asarray(c, dtype=np.int64) for c in train_items["categories"]] or [np.array([], np.int64)])
