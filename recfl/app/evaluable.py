@@ -8,6 +8,8 @@ test events, the ones ``recfl run`` personalizes and compares.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -35,7 +37,7 @@ def evaluable(train: pd.DataFrame, test: pd.DataFrame, ab: AbConfig, pool: PoolC
 def require_evaluable(report: dict, minimum: int) -> None:
     """Stop (one line) when fewer than ``minimum`` evaluated device users count for the primary metric.
 
-    A run evaluating fewer users than ``minimum`` needs every one of them to count; ``minimum = 0`` never stops.
+    A small run (fewer than ``2 * minimum`` evaluated users) needs half of them; ``minimum = 0`` never stops.
     """
     primary, evaluated = report["primary"], report["evaluated"]
     if minimum == 0:
@@ -43,7 +45,7 @@ def require_evaluable(report: dict, minimum: int) -> None:
     if evaluated["users"] == 0:
         raise RecflError(f"no device user has test events ({report['device']['users']} device users): nothing to "
                          "evaluate; use more users, a larger pool.share_fraction complement or data.test_fraction")
-    threshold = min(minimum, evaluated["users"])
+    threshold = min(minimum, math.ceil(evaluated["users"] / 2))
     if evaluated[primary] < threshold:
         needs = report["needs"][primary]
         raise RecflError(
