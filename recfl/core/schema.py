@@ -131,9 +131,9 @@ def conform(events: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data).astype(EVENT_COLUMNS)
 
 
-def marked(events: pd.DataFrame, sampled: bool = False) -> pd.DataFrame:
-    """``events`` with the ``sampled`` marker column (set to ``sampled`` where it is missing)."""
-    return events if SAMPLED in events.columns else events.assign(**{SAMPLED: sampled})
+def marked(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` with the ``sampled`` marker column (False where it is missing: events of a source)."""
+    return events if SAMPLED in events.columns else events.assign(**{SAMPLED: False})
 
 
 def item_table(items: pd.DataFrame) -> pd.DataFrame:
