@@ -36,7 +36,7 @@ from recfl.core.config import check_limits
 from recfl.core.errors import RecflError
 from recfl.core.formats import SourceData, SyntheticSpec, load
 from recfl.core.negatives import SAMPLINGS, TEST_STREAM, NegativeSampler
-from recfl.core.schema import SAMPLED, marked
+from recfl.core.schema import SAMPLED, SPLIT_COLUMNS, marked
 from recfl.core.split import LEAVE_ONE_OUT, SPLIT_RULES, SPLITS, split_events
 from recfl.core.tables import read_table
 from recfl.core.vocab import Vocabulary
@@ -301,6 +301,19 @@ class PreparedDataset:
         events = pd.concat([self.train[["user_id", "item_id"]], self.test[["user_id", "item_id"]]])
         rule = self.negatives
         return NegativeSampler(events, self.item_vocab, self.items, rule["sampling"], rule["seed"])
+
+    def with_training_negatives(self, events: pd.DataFrame, stream) -> pd.DataFrame:
+        """``events`` plus ``train_negatives`` sampled negatives per positive among them (drawn for the user of
+        each positive, on ``stream``; columns beyond the split layout, such as a candidate's target user, are
+        copied from the positive); ``events`` unchanged when the set's rule draws none."""
+        positives = events[events["label"] == 1].sort_values(["user_id", "timestamp"], kind="stable")
+        n = self.train_negatives
+        if n == 0 or not len(positives):
+            return events
+        negatives = self.negative_sampler.sample(positives, n, stream, "data.train_negatives")[list(SPLIT_COLUMNS)]
+        context = [c for c in events.columns if c not in SPLIT_COLUMNS]  # blocks of n follow the sorted positives
+        negatives = negatives.assign(**{c: np.repeat(positives[c].to_numpy(), n) for c in context})
+        return pd.concat([marked(events), negatives], ignore_index=True)
 
 
 __all__ = ["DataConfig", "PreparedDataset", "PreparedSplit", "describe", "describe_events", "prepare", "split_source"]

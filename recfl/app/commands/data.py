@@ -8,7 +8,13 @@ from recfl.app.arguments import add_config_args, config_doc, print_json
 from recfl.app.evaluable import evaluable
 from recfl.app.pipeline import RunConfig
 from recfl.core import config
-from recfl.core.dataset import DataConfig, describe, load_from_config, prepare_from_config, split_source
+from recfl.core.dataset import (
+    DataConfig,
+    describe,
+    load_from_config,
+    prepare_from_config,
+    split_source,
+)
 from recfl.core.formats import FORMATS
 from recfl.core.negatives import SAMPLINGS
 from recfl.core.split import SPLITS
