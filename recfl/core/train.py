@@ -79,7 +79,7 @@ def fit(spec: ModelSpec, params: ModelParams, examples: Callable[[int], Examples
     trained = [v for v, group in zip(variables, groups) if group != "private"]
     optimizer = tf.keras.optimizers.Adam(config.learning_rate)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(batch):
         with tf.GradientTape() as tape:
             loss = batch_loss(spec, variables, batch)
