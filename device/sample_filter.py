@@ -14,15 +14,24 @@ Features (``features``, any of :data:`FEATURES`): item, category and
 behaviour (categorical; ids as vocabulary rows), hour of day, day of week,
 label, item popularity (log training count), the cloud model's item
 embedding, ``affinity``: the cosine between the item's cloud embedding and
-the user's taste (the mean embedding of the user's own positive items; a
-local sample's own item is left out of it, so its affinity is earned, not
-given), and ``history``: the mean cloud embedding of the sample's
+the user's taste (the mean embedding of the user's own positive items),
+``category_share``: the share of the user's own events in the sample's
+category, ``time_gap``: log days between the sample and the median time of
+the user's own events, ``context``: the cosine between the sample's
+clicked history (mean embedding; whose context it comes from) and the
+user's taste, and ``history``: the mean cloud embedding of the sample's
 clicked-history items (whose context the sample comes from). The context
 features tell whose sample it is rather than whether it resembles the
 user's data: on MovieLens hour and weekday identify the user's rating
 sessions (out-of-fold AUC 1.0) and the history the owner (AUC 0.98), and a
 raw item id is anti-signal (a user rates a movie once, so a held-out local
-item was only ever seen among the candidates); see the README.
+item was only ever seen among the candidates); see the README. Taste and
+category share leave out the user's own events of the sample's item, for a
+local sample and a candidate alike, and are cross-fitted: a sample of fold
+``j`` is compared with the user's local events of the other folds only. A
+feature that treated the two classes differently (a local sample is a
+member of the user's events, a candidate is not) would separate them by
+that treatment alone.
 
 Keep rule: the top ``keep_fraction`` of candidates by score, or every
 candidate scoring at least ``threshold``. With ``weighting = "odds"`` the
@@ -52,7 +61,9 @@ from recfl.core.vocab import Vocabulary
 
 CLASSIFIER, FALLBACK, NO_CANDIDATES = "classifier", "fallback", "no_candidates"
 CATEGORICAL = ("item", "category", "behavior")
-FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "affinity", "embedding", "history")
+FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "affinity", "category_share", "time_gap", "context",
+            "embedding", "history")
+USER_CONTEXT = ("affinity", "category_share", "time_gap", "context")  # measured against the user's own events
 WEIGHTINGS = ("none", "odds")
 
 
@@ -122,23 +133,35 @@ class FilterResult:
                 "filter_auc": self.auc, "filter_path": self.path, "filter_seconds": round(self.seconds, 4)}
 
 
-def taste(items: ItemKnowledge, rows: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The user's taste (mean embedding of their positive items) for any sample, and for each of the user's own
-    samples with its own item left out (``rows``/``positive`` are the user's item rows and labels)."""
-    emb = items.item_embeddings[rows].astype(np.float64)
-    total, count = (emb * positive[:, None]).sum(axis=0), float(positive.sum())
-    own = (total[None, :] - emb * positive[:, None]) / np.maximum(count - positive, 1.0)[:, None]
-    return total / max(count, 1.0), own
+def _same_item(local_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[len(rows), len(local_rows)]``: whether each local event is of each sample's item."""
+    return rows[:, None] == local_rows[None, :]
+
+
+def taste(items: ItemKnowledge, local_rows: np.ndarray, positive: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per sample (item ``rows``): the mean embedding of the user's positive items other than the sample's item."""
+    emb = items.item_embeddings[local_rows].astype(np.float64) * positive[:, None]
+    keep = ~_same_item(local_rows, rows) * positive[None, :]
+    return (keep @ emb) / np.maximum(keep.sum(axis=1), 1.0)[:, None]
+
+
+def category_shares(local_rows: np.ndarray, local_categories: np.ndarray, rows: np.ndarray,
+                    categories: np.ndarray) -> np.ndarray:
+    """Per sample: the share of the user's events (other than those of the sample's item) in its category."""
+    keep = ~_same_item(local_rows, rows)
+    same = keep & (categories[:, None] == local_categories[None, :])
+    return same.sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
 
 
 def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index,
-             history: np.ndarray | None = None, profile: np.ndarray | None = None) -> np.ndarray:
+             history: np.ndarray | None = None, context: dict | None = None) -> np.ndarray:
     """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
     order (categorical codes first), then the item embedding and the history embedding if asked for.
-    ``history`` holds each event's clicked-history item rows (``Examples.hist``); ``profile`` the taste vector
-    each event's affinity is measured against (one row per event, or one for all)."""
-    if items.item_embeddings is None and {"embedding", "history", "affinity"} & set(names):
-        raise RecflError("filter.features 'embedding', 'affinity' and 'history' need a model with a table over the item vocabulary")
+    ``history`` holds each event's clicked-history item rows (``Examples.hist``); ``context`` what the user's own
+    events say about each event (see :func:`user_context`)."""
+    if items.item_embeddings is None and {"embedding", "history", "affinity", "context"} & set(names):
+        raise RecflError("filter.features 'embedding', 'affinity', 'context' and 'history' need a model with a table over "
+                         "the item vocabulary")
     rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
     ts = events["timestamp"].to_numpy(np.int64)
     column = {
@@ -149,19 +172,26 @@ def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...],
         "weekday": lambda: (ts // 86400 + 3) % 7,  # 1970-01-01 was a Thursday: 0 = Monday
         "label": lambda: events["label"].to_numpy(np.float64),
         "popularity": lambda: items.popularity(rows),
-        "affinity": lambda: _cosine(items.item_embeddings[rows].astype(np.float64), profile),
+        "affinity": lambda: _cosine(items.item_embeddings[rows].astype(np.float64), context["taste"]),
+        "category_share": lambda: context["share"],
+        "time_gap": lambda: np.log1p(np.abs(ts - context["median_time"]) / 86400.0),
+        "context": lambda: _cosine(_history_mean(items, history), context["taste"]),
     }
     scalars = [column[name]() for name in FEATURES if name in names and name in column]
     matrix = np.column_stack(scalars).astype(np.float64) if scalars else np.zeros((len(events), 0))
     if "embedding" in names:
         matrix = np.hstack([matrix, items.item_embeddings[rows].astype(np.float64)])
     if "history" in names:
-        if history is None:
-            raise ValueError("the history feature needs the samples' history rows")
-        mask = (history != 0)[..., None]
-        total = (items.item_embeddings[history] * mask).sum(axis=1)
-        matrix = np.hstack([matrix, total / np.maximum(mask.sum(axis=1), 1)])
+        matrix = np.hstack([matrix, _history_mean(items, history)])
     return matrix
+
+
+def _history_mean(items: ItemKnowledge, history: np.ndarray | None) -> np.ndarray:
+    """The mean cloud embedding of each sample's clicked-history items (zeros for an empty history)."""
+    if history is None:
+        raise ValueError("the history and context features need the samples' history rows")
+    mask = (history != 0)[..., None]
+    return (items.item_embeddings[history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
 
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig):
@@ -216,14 +246,11 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
                             float("nan"), time.perf_counter() - started)
 
     behaviors = pd.Index(sorted(set(_behavior(local)) | set(_behavior(candidates))))
-    profile = own = None
-    if "affinity" in config.features:
-        local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
-        profile, own = taste(items, local_rows, local["label"].to_numpy(np.float64))
-    x_local = features(local, items, config.features, behaviors, local_history, own)
-    x_cand = features(candidates, items, config.features, behaviors, candidate_history, profile)
     rng = np.random.default_rng(config.seed)
     local_fold, cand_fold = assign_folds(n_local, config.folds, rng), assign_folds(n_cand, config.folds, rng)
+    x_local = features(local, items, config.features, behaviors, local_history, user_context(local, local_fold, local, local_fold, items))
+    x_cand = features(candidates, items, config.features, behaviors, candidate_history,
+                      user_context(local, local_fold, candidates, cand_fold, items))
     score, local_score = np.empty(n_cand), np.empty(n_local)
     for k in range(config.folds):
         train_x = np.vstack([x_local[local_fold != k], x_cand[cand_fold != k]])
@@ -240,8 +267,28 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     return FilterResult(keep, weight, score, cand_fold, local_fold, CLASSIFIER, oof_auc, time.perf_counter() - started)
 
 
+def user_context(local: pd.DataFrame, local_fold: np.ndarray, events: pd.DataFrame, fold: np.ndarray,
+                 items: ItemKnowledge) -> dict:
+    """What the user's own events say about each of ``events``: its taste vector (``taste``), category share
+    (``share``) and the median time of the user's events (``median_time``). Cross-fitted: an event of fold ``j``
+    is measured against the user's local events of the other folds only, so a local sample is never part of what
+    it is compared with (membership alone would otherwise separate the classes)."""
+    local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
+    rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
+    labels, categories = local["label"].to_numpy(np.float64), local["category_id"].to_numpy(np.int64)
+    event_categories, stamps = events["category_id"].to_numpy(np.int64), local["timestamp"].to_numpy(np.float64)
+    width = items.item_embeddings.shape[1] if items.item_embeddings is not None else 0
+    out = {"taste": np.zeros((len(events), width)), "share": np.zeros(len(events)), "median_time": np.zeros(len(events))}
+    for j in np.unique(fold):
+        ref, at = local_fold != j, fold == j
+        if width:
+            out["taste"][at] = taste(items, local_rows[ref], labels[ref], rows[at])
+        out["share"][at] = category_shares(local_rows[ref], categories[ref], rows[at], event_categories[at])
+        out["median_time"][at] = np.median(stamps[ref])
+    return out
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    b = np.broadcast_to(b, a.shape)
     return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
