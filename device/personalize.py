@@ -163,17 +163,18 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
                   **{f"{table}_rows": rows for table, rows in sub.sizes.items()})
 
     n_val = validation_split(len(local_ex), cfg.val_fraction)
-    fit = Examples.concat([sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)])
+    own, cands = sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)
     val = sub.localize(local_ex.take(slice(len(local_ex) - n_val, None)))
     ctx.trainer.set_params(sub.extract(ctx.params, capacity), anchor=True)
     rng = np.random.default_rng([cfg.seed, task.user_id])
-    tuned = finetune(ctx.trainer, fit, val, cfg, rng)
+    phases = [Examples.concat([own, cands])] if cfg.schedule == "joint" or not len(cands) else [cands, own]
+    tuned = [finetune(ctx.trainer, fit, val, cfg, rng) for fit in phases][-1]
     checkpoint = ctx.device_dir / f"{task.user_id}.weights.npz"
     ctx.trainer.save(checkpoint)  # the personalized model stays on the device
     np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", **sub.rows)
     ctx.trainer.restore(checkpoint)
     scores = ctx.trainer.predict(sub.localize(test_ex))
-    report.update(fit_events=len(fit), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
+    report.update(fit_events=sum(len(f) for f in phases), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
                   steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),
                   val_loss_best=min(tuned.val_losses) if tuned.val_losses else float("nan"),
                   finetune_seconds=round(tuned.seconds, 4), seconds=round(time.perf_counter() - started, 4))

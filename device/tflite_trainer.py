@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the exported program changes
 OPS = ("auto", "builtin", "flex")
+SCHEDULES = ("joint", "sequential")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class FinetuneConfig:
     elastic: float = 0.0  # pull toward the global weights (lambda of an L2 penalty on the difference)
     trainable: tuple[str, ...] = GROUPS  # weight groups fine-tuning moves: tables, dense, private
     candidate_weight: float = 1.0  # loss weight of a matched cloud sample relative to one of the user's own
+    schedule: str = "joint"  # joint: candidates and own events together | sequential: candidates first, then own events
     item_capacity: int = 4096  # rows of the exported item table: one .tflite per capacity
     category_capacity: int = 256
     ops: str = "auto"  # auto: TFLite builtins, Flex only for ops without a builtin | builtin | flex
@@ -68,6 +70,8 @@ class FinetuneConfig:
     def __post_init__(self):
         check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
                      val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight="> 0")
+        if self.schedule not in SCHEDULES:
+            raise RecflError(f"finetune.schedule = {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.ops not in OPS:
             raise RecflError(f"finetune.ops = {self.ops!r}: choose one of {', '.join(OPS)}")
         self.objective  # validates loss, elastic and trainable
