@@ -6,16 +6,30 @@ valid ones appended to the :class:`~recfl.core.store.PoolStore`, which skips
 event ids it already holds); only then are the batch's offsets committed. A
 crash at any moment therefore re-delivers at most the uncommitted batches,
 whose events the pool skips as duplicates. The same happens on a rebalance:
-the listener makes the batch durable and commits before the partitions go.
-An unreachable broker is waited for with exponential backoff, at start-up
-as in mid-stream; :meth:`StreamConsumer.stop` (wired to SIGTERM/SIGINT by the
-CLI) finishes and commits the current batch.
+the listener makes the pending batches durable and commits before the
+partitions go. An unreachable broker is waited for with exponential backoff,
+at start-up as in mid-stream; :meth:`StreamConsumer.stop` (wired to
+SIGTERM/SIGINT by the CLI) finishes and commits the current batch.
+
+Data never stops the stream: every message ends as a stored event, a skipped
+duplicate or a dead letter. The pool reports an id stored with other content
+(``conflict``); a message that fails in any unforeseen way, in decoding or in
+the pool write, is dead-lettered as ``internal`` with the exception's type
+(a failed batch is split in halves until the failing messages are alone).
+Only the environment stops the consumer (:class:`EnvironmentFault`: disk
+full, no permission, the broker refusing dead letters), as one line, without
+committing anything not written.
+
+The poll thread decodes; a writer thread makes each batch durable while the
+next one is read (SQLite, Parquet and fsync release the GIL), and the poll
+thread commits a batch's offsets once the writer reports it durable
+(kafka-python's consumer is not thread-safe).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -23,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from kafka import (
     AsyncConsumerRebalanceListener,
     KafkaConsumer,
@@ -33,9 +47,10 @@ from kafka import (
 )
 from kafka.errors import KafkaError
 
-from recfl.core.errors import RecflError
-from recfl.core.store import PoolStore
-from streaming.events import SCHEMA_VERSION, InvalidEvent, decode
+from recfl.core.errors import EnvironmentFault, RecflError
+from recfl.core.store import ARROW_SCHEMA, PoolStore
+from streaming.dead_letters import dead_letter, dead_letter_key
+from streaming.events import FIELDS, Event, InvalidEvent, decode
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic
 
@@ -80,7 +95,7 @@ class ConsumeStats:
 
     def latency_percentiles(self) -> dict[str, float] | None:
         """Produce -> durable-in-pool latency of valid events (ms, from the Kafka record timestamp)."""
-        if not self.latencies_ms:
+        if not self._latency_count:
             return None
         values = np.concatenate(list(self.latencies_ms))
         p50, p99 = np.percentile(values, [50, 99])
@@ -100,31 +115,20 @@ class ConsumeStats:
 
 @dataclass
 class _Batch:
-    """Messages read since the last durable write: valid rows, dead-letter sends in flight, next offsets."""
+    """Messages read since the last hand-off: valid events with their records, dead letters in flight, next
+    offsets; once durable, what the writer did (stored, skipped, dead-lettered, when)."""
 
-    rows: list[dict] = field(default_factory=list)
-    created_ms: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    records: list = field(default_factory=list)
     dead: list = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    consumed: int = 0
     opened_at: float | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.dead)
-
-
-def dead_letter(record, error: InvalidEvent, group: str, max_bytes: int) -> bytes:
-    """The dead-letter message of a rejected record: reason, source offset and the (truncated) payload."""
-    payload = record.value or b""
-    return json.dumps({
-        "schema": SCHEMA_VERSION,
-        "reason": error.code,
-        "detail": error.detail,
-        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                   "timestamp": record.timestamp, "key": record.key.decode("utf-8", "backslashreplace") if record.key else None},
-        "group": group,
-        "payload": payload[:max_bytes].decode("utf-8", "backslashreplace"),
-        "payload_bytes": len(payload),
-    }, separators=(",", ":")).encode()
+    written: int = 0
+    duplicates: int = 0
+    reasons: Counter = field(default_factory=Counter)  # of the dead letters the writer sent
+    durable_at: float = 0.0
+    latencies_ms: np.ndarray | None = None
 
 
 class StreamConsumer:
@@ -141,7 +145,8 @@ class StreamConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
-        self._pool: PoolStore | None = None
+        self._writer: _Writer | None = None
+        self._failed = False
 
     def stop(self) -> None:
         """Ask the run loop to finish and commit the current batch, then return (safe from a signal handler)."""
@@ -153,20 +158,23 @@ class StreamConsumer:
         The idle clock runs only while partitions are assigned, so waiting for
         a broker or for a group join never counts as idle.
         """
-        self._pool = PoolStore(self.pool_path)
         try:
             if not self._connect():
                 return self.stats
+            self._writer = _Writer(self)
             self._loop(max_events, idle_timeout_s)
-            self._flush()
-            self._commit()
+            self._hand_off()
+            self._settle()
             self._update_lag()
             return self.stats
+        except EnvironmentFault:
+            self._failed = True
+            raise
         except KafkaError as exc:
-            raise RecflError(f"stream consumer failed: {exc}") from None
+            self._failed = True
+            raise EnvironmentFault(f"stream consumer failed: {exc}") from None
         finally:
             self._close()
-            self._pool.close()
 
     def _connect(self) -> bool:
         """Create the clients, retrying with exponential backoff while the broker is unreachable."""
@@ -204,7 +212,9 @@ class StreamConsumer:
         idle_since = time.monotonic()
         next_progress = time.monotonic() + s.progress_interval_s
         while not self._stop.is_set():
-            room = s.batch_size - len(self._batch)
+            if self._collect():
+                self._commit()
+            room = s.batch_size - self._batch.consumed
             if max_events is not None:
                 room = min(room, max_events - self.stats.consumed)
             wait = 0.5 if self._batch.opened_at is None else self._batch.opened_at + s.batch_max_wait_s - time.monotonic()
@@ -214,10 +224,9 @@ class StreamConsumer:
                 self._take(tp, batch)
             if records or not self._consumer.assignment():
                 idle_since = now
-            if len(self._batch) >= s.batch_size or (self._batch.opened_at is not None and (
+            if self._batch.consumed >= s.batch_size or (self._batch.opened_at is not None and (
                     not records or now - self._batch.opened_at >= s.batch_max_wait_s)):
-                self._flush()
-                self._commit()
+                self._hand_off()
             if now >= next_progress:
                 self._progress()
                 next_progress = now + s.progress_interval_s
@@ -228,47 +237,63 @@ class StreamConsumer:
                 break
 
     def _take(self, tp: TopicPartition, records: list) -> None:
-        """Validate records into the batch; invalid ones are sent to the dead-letter topic."""
+        """Decode records into the batch; invalid ones are sent to the dead-letter topic."""
         batch = self._batch
         if batch.opened_at is None:
             batch.opened_at = time.monotonic()
         if self.stats.first_record_at is None:
             self.stats.first_record_at = batch.opened_at
+        rules, events, kept = self._rules, batch.events, batch.records
         for record in records:
             try:
-                batch.rows.append(decode(record.value, self._rules))
-                batch.created_ms.append(record.timestamp)
+                events.append(decode(record.value, rules))
+                kept.append(record)
             except InvalidEvent as error:
-                value = dead_letter(record, error, self.settings.group, self.settings.max_event_bytes)
-                key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-                batch.dead.append(self._dlq.send(self.settings.dead_letters, key=key, value=value))
+                batch.dead.append(self._send_dead_letter(record, error.code, error.detail))
                 self.stats.reasons[error.code] += 1
+            except Exception as exc:  # recfl's fault, not the stream's: this message only
+                batch.dead.append(self._send_dead_letter(record, "internal", _describe(exc)))
+                self.stats.reasons["internal"] += 1
+        batch.consumed += len(records)
         self.stats.consumed += len(records)
         batch.offsets[tp] = records[-1].offset + 1
         self._positions[tp] = records[-1].offset + 1
 
-    def _flush(self, pool: PoolStore | None = None) -> None:
-        """Make the batch durable: dead letters acknowledged, valid events in ``pool`` (default: the run's store);
-        its offsets become committable."""
+    def _send_dead_letter(self, record, reason: str, detail: str):
+        """Send one dead letter (thread-safe); its future resolves once the broker has it."""
+        try:
+            return self._dlq.send(self.settings.dead_letters, key=dead_letter_key(record),
+                                  value=dead_letter(record, reason, detail, self.settings.group))
+        except KafkaError as exc:
+            raise EnvironmentFault(f"cannot send dead letters to {self.settings.dead_letters}: {exc}") from None
+
+    def _hand_off(self) -> None:
+        """Give the batch to the writer (waiting while it still holds an earlier one) and start a new one."""
         batch, self._batch = self._batch, _Batch()
-        if not len(batch):
-            return
-        if batch.dead:
-            self._dlq.flush()
-            failed = [f.exception for f in batch.dead if f.failed()]
-            if failed:
-                raise RecflError(f"{len(failed)} dead-letter writes to {self.settings.dead_letters} failed "
-                                 f"(first: {failed[0]}); offsets not committed")
-            self.stats.dead_lettered += len(batch.dead)
-        if batch.rows:
-            result = (pool or self._pool).append(pd.DataFrame(batch.rows))
-            self.stats.written += result.written
-            self.stats.duplicates_skipped += result.duplicates
-        durable = time.time()
-        self.stats.last_durable_at = time.monotonic()
-        self.stats.batches += 1
-        self.stats.record_latencies(durable * 1000 - np.asarray(batch.created_ms, dtype=np.float64))
-        self._uncommitted.update(batch.offsets)
+        if batch.consumed:
+            self._writer.submit(batch)
+
+    def _settle(self) -> None:
+        """Wait until every handed-off batch is durable, then commit."""
+        self._writer.drain()
+        self._collect()
+        self._commit()
+
+    def _collect(self) -> bool:
+        """Count the batches the writer made durable and make their offsets committable; True if any."""
+        done = self._writer.completed()
+        st = self.stats
+        for batch in done:
+            st.written += batch.written
+            st.duplicates_skipped += batch.duplicates
+            st.dead_lettered += len(batch.dead) + sum(batch.reasons.values())
+            st.reasons.update(batch.reasons)
+            st.batches += 1
+            st.last_durable_at = batch.durable_at
+            if batch.latencies_ms is not None:
+                st.record_latencies(batch.latencies_ms)
+            self._uncommitted.update(batch.offsets)
+        return bool(done)
 
     def _pending_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()}
@@ -324,40 +349,170 @@ class StreamConsumer:
                  st.consumed, st.events_per_s, st.written, st.dead_lettered, st.duplicates_skipped, st.lag)
 
     def _close(self) -> None:
-        """Close the Kafka clients (leaving the group; the listener commits anything still durable)."""
+        """Close the Kafka clients (leaving the group; the listener commits anything still durable) and the writer."""
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:
                 log.warning("closing the consumer: %s", exc)
             self._consumer = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._dlq is not None:
             self._dlq.close(timeout=self.settings.request_timeout_ms / 1000)
             self._dlq = None
 
 
+class _Writer:
+    """A thread that makes handed-off batches durable, one at a time and in order, with its own pool connection."""
+
+    def __init__(self, owner: StreamConsumer):
+        self.owner = owner
+        self.fault: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._done: deque[_Batch] = deque()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pool-writer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        self._raise()
+
+    def submit(self, batch: _Batch) -> None:
+        self._raise()
+        self._queue.put(batch)
+
+    def drain(self) -> None:
+        """Wait until every submitted batch is durable (or the writer failed: then raise its fault)."""
+        self._queue.join()
+        self._raise()
+
+    def completed(self) -> list[_Batch]:
+        self._raise()
+        done = []
+        while self._done:
+            done.append(self._done.popleft())
+        return done
+
+    def close(self) -> None:
+        try:
+            self._queue.put(None, timeout=1)
+        except queue.Full:  # stuck on a batch (the consumer failed): the daemon thread ends with the process
+            return
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self.fault is not None:
+            raise self.fault
+
+    def _run(self) -> None:
+        try:
+            store = PoolStore(self.owner.pool_path)
+        except BaseException as exc:
+            self.fault = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while (batch := self._queue.get()) is not None:
+                try:
+                    if self.fault is None:
+                        self._durable(store, batch)
+                        self._done.append(batch)
+                except BaseException as exc:  # an environment fault, or a broken invariant: the consumer stops
+                    self.fault = exc if isinstance(exc, RecflError) else EnvironmentFault(
+                        f"writing to the pool failed: {_describe(exc)}")
+                finally:
+                    self._queue.task_done()
+            self._queue.task_done()
+        finally:
+            store.close()
+
+    def _durable(self, store: PoolStore, batch: _Batch) -> None:
+        """Dead letters acknowledged, events stored (conflicting and failing ones dead-lettered), in that order."""
+        self._acknowledged(batch.dead)
+        letters = []
+        if batch.events:
+            written = duplicates = 0
+            for rows, outcome in self._append(store, batch.events, np.arange(len(batch.events))):
+                if isinstance(outcome, Exception):
+                    letters += [(batch.records[r], "internal", _describe(outcome)) for r in rows]
+                else:
+                    written, duplicates = written + outcome.written, duplicates + outcome.duplicates
+                    letters += [(batch.records[rows[r]], "conflict", "event_id stored with other content")
+                                for r in outcome.conflicts]
+            self._acknowledged([self.owner._send_dead_letter(*letter) for letter in letters])
+            batch.written, batch.duplicates = written, duplicates
+        batch.reasons = Counter(reason for _, reason, _ in letters)
+        batch.durable_at = time.monotonic()
+        if batch.records:
+            created = np.fromiter((r.timestamp for r in batch.records), dtype=np.float64, count=len(batch.records))
+            batch.latencies_ms = time.time() * 1000 - created
+
+    def _append(self, store: PoolStore, events: list[Event], rows: np.ndarray):
+        """Append ``events[rows]``; on a failure of the rows (not the environment) split them in halves until
+        the failing ones are alone. Yields (rows, AppendResult or the exception of a single row)."""
+        try:
+            yield rows, store.append_table(_table([events[r] for r in rows]))
+        except EnvironmentFault:
+            raise
+        except Exception as exc:
+            if len(rows) == 1:
+                yield rows, exc
+                return
+            log.warning("a batch of %d events failed (%s); isolating the failing ones", len(rows), _describe(exc))
+            half = len(rows) // 2
+            yield from self._append(store, events, rows[:half])
+            yield from self._append(store, events, rows[half:])
+
+    def _acknowledged(self, futures: list) -> None:
+        """Wait for the broker to acknowledge dead letters; one refused stops the consumer."""
+        refused = []
+        for future in futures:
+            try:
+                future.get()
+            except KafkaError as exc:
+                refused.append(exc)
+        if refused:
+            raise EnvironmentFault(f"the broker refused {len(refused)} dead letters for "
+                                   f"{self.owner.settings.dead_letters} (first: {refused[0]}); offsets not committed")
+
+
+def _table(events: list[Event]) -> pa.Table:
+    """Events as an Arrow table of the pool's schema, built column by column."""
+    return pa.table([pa.array([getattr(e, name) for e in events], type=ARROW_SCHEMA.field(name).type)
+                     for name in FIELDS], schema=ARROW_SCHEMA)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 class _Rebalance(AsyncConsumerRebalanceListener):
-    """Before partitions move: make the batch durable and commit.
+    """Before partitions move: make the pending batches durable and commit.
 
     Runs on kafka-python's IO thread while the run loop waits inside ``poll``
-    (or ``close``), so the batch is never touched concurrently; the pool is
-    opened afresh because an SQLite connection belongs to its thread.
+    (or ``close``), so the batch is never touched concurrently. After a fault
+    the consumer is stopping: it neither writes nor commits any more.
     """
 
     def __init__(self, owner: StreamConsumer):
         self.owner = owner
 
-    def _flush(self, why: str, partitions) -> None:
-        pending = len(self.owner._batch)
-        if pending:
-            with PoolStore(self.owner.pool_path) as pool:
-                self.owner._flush(pool)
+    def _settle(self, why: str, partitions) -> None:
+        owner = self.owner
+        pending = owner._batch.consumed
+        owner._hand_off()
+        owner._writer.drain()
+        owner._collect()
         if partitions:
             log.info("partitions %s: %d pending messages made durable", why, pending)
 
     async def on_partitions_revoked(self, revoked):
         owner = self.owner
-        self._flush("revoked", revoked)
+        if owner._failed or owner._writer is None:
+            return
+        self._settle("revoked", revoked)
         offsets = owner._pending_commit()
         if offsets:
             try:
@@ -368,8 +523,11 @@ class _Rebalance(AsyncConsumerRebalanceListener):
                 owner._committed(offsets)
 
     async def on_partitions_lost(self, lost):
-        self._flush("lost", lost)  # durable anyway: the new owner's copies will be skipped as duplicates
-        self.owner._uncommitted.clear()
+        owner = self.owner
+        if owner._failed or owner._writer is None:
+            return
+        self._settle("lost", lost)  # durable anyway: the new owner's copies will be skipped as duplicates
+        owner._uncommitted.clear()
 
     async def on_partitions_assigned(self, assigned):
         self.owner._assigned(set(assigned))

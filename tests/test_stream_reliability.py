@@ -30,7 +30,7 @@ def valid_ids(messages) -> set[str]:
     ids = set()
     for _, event in messages:
         try:
-            ids.add(decode(encode(event), RULES)["event_id"])
+            ids.add(decode(encode(event), RULES).event_id)
         except InvalidEvent:
             pass
     return ids
