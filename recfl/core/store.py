@@ -1,10 +1,11 @@
 """The cloud pool store: canonical events as day-partitioned Parquet, append-only, each event readable once.
 
 Layout: ``index.sqlite`` (WAL, ``synchronous=FULL``), ``data/day=YYYY-MM-DD/<uuid>.parquet``
-(the data), ``data/_staging/`` (files not yet published). The index lists every
-data file and, for every stored ``event_id``, its file and a 64-bit digest of its
-content. Writes are durable and idempotent by ``event_id``; several processes
-may append at once, one at a time under the index's write lock.
+(the data), ``data/_staging/`` (files not yet published), ``index.lock``. The
+index lists every data file and, for every stored ``event_id``, its file and a
+64-bit digest of its content. Writes are durable and idempotent by
+``event_id``; several processes may append at once, one at a time (a flock on
+``index.lock``, then the index's write lock).
 
 Write protocol (one append; a writer holds ``BEGIN IMMEDIATE`` from 1 to 4):
 
@@ -34,11 +35,13 @@ Python (hashlib) would cost more than the rest of the write.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import logging
 import os
 import sqlite3
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +82,7 @@ class PoolStore:
 
     def __init__(self, root: str | Path, create: bool = True):
         self.root = Path(root)
+        self._lock: int | None = None
         if not create and not (self.root / "index.sqlite").is_file():
             raise RecflError(f"{self.root}: not a cloud pool (no index.sqlite)")
         try:
@@ -93,6 +97,8 @@ class PoolStore:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            os.close(self._lock)
 
     def __enter__(self) -> "PoolStore":
         return self
@@ -117,6 +123,25 @@ class PoolStore:
         table = table.select(list(ARROW_SCHEMA.names)).cast(ARROW_SCHEMA)
         if pc.any(pc.match_substring(table["event_id"], "\0")).as_py():  # SQLite's JSON functions end a string there
             raise ValueError("an event_id holds a NUL character")
+        with self._turn():
+            return self._append(table)
+
+    @contextmanager
+    def _turn(self):
+        """This process's turn to write: a blocking flock on ``index.lock``, whose waiters the kernel wakes as it
+        is released (SQLite's own busy wait polls with sleeps, and a busy writer can starve the others)."""
+        try:
+            if self._lock is None:
+                self._lock = os.open(self.root / "index.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise EnvironmentFault(f"cannot lock the pool at {self.root}: {exc}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _append(self, table: pa.Table) -> AppendResult:
         db, staged = self._db, []
         try:
             db.execute("BEGIN IMMEDIATE")
