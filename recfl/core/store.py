@@ -155,7 +155,7 @@ class PoolStore:
                 name = f"day={datetime.date.fromordinal(_EPOCH_ORDINAL + int(day)).isoformat()}/{uuid.uuid4().hex}.parquet"
                 staged.append(name)
                 self._stage(name, fresh.take(rows))
-                ids = fresh["event_id"].take(rows).to_pylist()
+                ids = fresh["event_id"].take(rows).to_numpy(zero_copy_only=False).tolist()
                 db.execute("INSERT INTO files VALUES (?, ?)", (name, len(rows)))
                 db.execute("INSERT INTO events SELECT value->>0, ?, value->>1 FROM json_each(?) ORDER BY 1",
                            (name, msgspec.json.encode(list(zip(ids, digests[rows].tolist())))))
@@ -183,7 +183,7 @@ class PoolStore:
         first_rows = np.flatnonzero(keep)
         reference = digests[first_rows]  # by code: the version that wins, the first one unless one is stored
         unknown = np.zeros(len(first_rows), dtype=bool)  # stored before digests existed
-        ids = table["event_id"].filter(pa.array(keep)).to_pylist()
+        ids = table["event_id"].filter(pa.array(keep)).to_numpy(zero_copy_only=False).tolist()
         stored = self._db.execute("SELECT event_id, digest FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
                                   (msgspec.json.encode(ids),)).fetchall()
         if stored:
