@@ -20,16 +20,16 @@ Only the environment stops the consumer (:class:`EnvironmentFault`: disk
 full, no permission, the broker refusing dead letters), as one line, without
 committing anything not written.
 
-The poll thread decodes; a writer thread makes each batch durable while the
-next one is read (SQLite, Parquet and fsync release the GIL), and the poll
-thread commits a batch's offsets once the writer reports it durable
-(kafka-python's consumer is not thread-safe).
+The poll loop decodes; a writer process (:mod:`streaming.pool_writer`)
+appends each batch to the pool while the next one is read. A batch is
+durable once the writer has stored it and the broker has acknowledged its
+dead letters; batches become durable, and their offsets committable, in the
+order they were read.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from kafka import (
     AsyncConsumerRebalanceListener,
     KafkaConsumer,
@@ -48,14 +47,15 @@ from kafka import (
 from kafka.errors import KafkaError
 
 from recfl.core.errors import EnvironmentFault, RecflError
-from recfl.core.store import ARROW_SCHEMA, PoolStore
 from streaming.dead_letters import dead_letter, dead_letter_key
 from streaming.events import Event, InvalidEvent, decode
+from streaming.pool_writer import PoolWriter, WriteResult
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 _LATENCY_SAMPLES = 1_000_000  # latencies kept for the percentiles (the most recent ones)
+_GROWTH = 4  # a batch grows up to this many times batch_size while the writer is busy
 
 
 @dataclass
@@ -116,7 +116,7 @@ class ConsumeStats:
 @dataclass
 class _Batch:
     """Messages read since the last hand-off: valid events with their records, dead letters in flight, next
-    offsets; once durable, what the writer did (stored, skipped, dead-lettered, when)."""
+    offsets; then what the writer did with it."""
 
     events: list[Event] = field(default_factory=list)
     records: list = field(default_factory=list)
@@ -124,11 +124,7 @@ class _Batch:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     consumed: int = 0
     opened_at: float | None = None
-    written: int = 0
-    duplicates: int = 0
-    reasons: Counter = field(default_factory=Counter)  # of the dead letters the writer sent
-    durable_at: float = 0.0
-    latencies_ms: np.ndarray | None = None
+    result: WriteResult | None = None
 
 
 class StreamConsumer:
@@ -145,7 +141,8 @@ class StreamConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
-        self._writer: _Writer | None = None
+        self._writer: PoolWriter | None = None
+        self._in_flight: deque[_Batch] = deque()  # handed off, in reading order: written, then acknowledged
         self._failed = False
 
     def stop(self) -> None:
@@ -159,12 +156,12 @@ class StreamConsumer:
         a broker or for a group join never counts as idle.
         """
         try:
+            self._writer = PoolWriter(self.pool_path)  # starts while we connect and join the group
             if not self._connect():
                 return self.stats
-            self._writer = _Writer(self)
             self._loop(max_events, idle_timeout_s)
-            self._hand_off()
-            self._settle()
+            self._make_durable()
+            self._commit()
             self._update_lag()
             return self.stats
         except EnvironmentFault:
@@ -208,24 +205,34 @@ class StreamConsumer:
             log.warning("cannot create the dead-letter topic %s (%s); assuming it exists", self.settings.dead_letters, exc)
 
     def _loop(self, max_events: int | None, idle_timeout_s: float | None) -> None:
+        """Read batches and hand them to the writer. A batch is due at ``batch_size`` messages or after
+        ``batch_max_wait_s``; while the writer still holds the previous one it grows, up to
+        ``_GROWTH * batch_size``, so that a slow disk gets fewer, larger writes (group commit)."""
         s = self.settings
         idle_since = time.monotonic()
         next_progress = time.monotonic() + s.progress_interval_s
         while not self._stop.is_set():
             if self._collect():
                 self._commit()
-            room = s.batch_size - self._batch.consumed
+            batch, busy = self._batch, self._writer.in_flight > 0
+            room = (_GROWTH if busy else 1) * s.batch_size - batch.consumed
             if max_events is not None:
                 room = min(room, max_events - self.stats.consumed)
-            wait = 0.5 if self._batch.opened_at is None else self._batch.opened_at + s.batch_max_wait_s - time.monotonic()
+            if batch.opened_at is None:
+                wait = 0.5
+            elif busy:
+                wait = 0.05  # a due batch waits for the writer: look again soon
+            else:
+                wait = batch.opened_at + s.batch_max_wait_s - time.monotonic()
             records = self._consumer.poll(timeout_ms=int(1000 * min(0.5, max(0.0, wait))), max_records=max(1, room))
             now = time.monotonic()
-            for tp, batch in records.items():
-                self._take(tp, batch)
+            for tp, polled in records.items():
+                self._take(tp, polled)
             if records or not self._consumer.assignment():
                 idle_since = now
-            if self._batch.consumed >= s.batch_size or (self._batch.opened_at is not None and (
-                    not records or now - self._batch.opened_at >= s.batch_max_wait_s)):
+            due = batch.consumed >= s.batch_size or (batch.opened_at is not None and (
+                not records or now - batch.opened_at >= s.batch_max_wait_s))
+            if due and (not self._writer.in_flight or batch.consumed >= _GROWTH * s.batch_size):
                 self._hand_off()
             if now >= next_progress:
                 self._progress()
@@ -268,32 +275,73 @@ class StreamConsumer:
             raise EnvironmentFault(f"cannot send dead letters to {self.settings.dead_letters}: {exc}") from None
 
     def _hand_off(self) -> None:
-        """Give the batch to the writer (waiting while it still holds an earlier one) and start a new one."""
+        """Send the batch to the writer (waiting until it is done with the previous one) and start a new one."""
         batch, self._batch = self._batch, _Batch()
-        if batch.consumed:
-            self._writer.submit(batch)
+        if not batch.consumed:
+            return
+        while self._writer.in_flight:
+            self._written(self._writer.receive())
+        self._writer.submit(batch.events)
+        self._in_flight.append(batch)
 
-    def _settle(self) -> None:
-        """Wait until every handed-off batch is durable, then commit."""
-        self._writer.drain()
-        self._collect()
-        self._commit()
+    def _make_durable(self) -> None:
+        """Hand off the batch and wait until every batch handed off is durable."""
+        self._hand_off()
+        while self._writer.in_flight:
+            self._written(self._writer.receive())
+        self._collect(wait=True)
 
-    def _collect(self) -> bool:
-        """Count the batches the writer made durable and make their offsets committable; True if any."""
-        done = self._writer.completed()
-        st = self.stats
-        for batch in done:
-            st.written += batch.written
-            st.duplicates_skipped += batch.duplicates
-            st.dead_lettered += len(batch.dead) + sum(batch.reasons.values())
-            st.reasons.update(batch.reasons)
-            st.batches += 1
-            st.last_durable_at = batch.durable_at
-            if batch.latencies_ms is not None:
-                st.record_latencies(batch.latencies_ms)
-            self._uncommitted.update(batch.offsets)
-        return bool(done)
+    def _written(self, result: WriteResult) -> None:
+        """The writer stored the oldest batch not written yet: dead-letter its conflicts and failures."""
+        batch = next(b for b in self._in_flight if b.result is None)
+        batch.result = result
+        for position in result.conflicts:
+            event = batch.events[position]
+            batch.dead.append(self._send_dead_letter(batch.records[position], "conflict",
+                                                     f"event_id {event.event_id!r} is stored with other content"))
+        for position, why in result.failed:
+            batch.dead.append(self._send_dead_letter(batch.records[position], "internal", why))
+
+    def _collect(self, wait: bool = False) -> bool:
+        """Count the batches now durable (written, dead letters acknowledged), oldest first, and make their
+        offsets committable; True if any. With ``wait``, wait for every batch handed off."""
+        while self._writer.has_result():
+            self._written(self._writer.receive())
+        durable = 0
+        while self._in_flight and self._in_flight[0].result is not None:
+            batch = self._in_flight[0]
+            if not wait and not all(f.is_done for f in batch.dead):
+                break
+            self._acknowledged(batch.dead)
+            self._in_flight.popleft()
+            self._durable(batch)
+            durable += 1
+        return bool(durable)
+
+    def _acknowledged(self, futures: list) -> None:
+        """Wait for the broker to acknowledge dead letters; one refused stops the consumer."""
+        refused = []
+        for future in futures:
+            try:
+                future.get()
+            except KafkaError as exc:
+                refused.append(exc)
+        if refused:
+            raise EnvironmentFault(f"the broker refused {len(refused)} dead letters for {self.settings.dead_letters} "
+                                   f"(first: {refused[0]}); offsets not committed")
+
+    def _durable(self, batch: _Batch) -> None:
+        st, result = self.stats, batch.result
+        st.written += result.written
+        st.duplicates_skipped += result.duplicates
+        st.dead_lettered += len(batch.dead)
+        st.reasons.update(conflict=len(result.conflicts), internal=len(result.failed))
+        st.reasons += Counter()  # drop zero counts
+        st.batches += 1
+        st.last_durable_at = time.monotonic()
+        if batch.records:
+            st.record_latencies(time.time() * 1000 - np.array([r.timestamp for r in batch.records], dtype=np.float64))
+        self._uncommitted.update(batch.offsets)
 
     def _pending_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()}
@@ -364,129 +412,6 @@ class StreamConsumer:
             self._dlq = None
 
 
-class _Writer:
-    """A thread that makes handed-off batches durable, one at a time and in order, with its own pool connection."""
-
-    def __init__(self, owner: StreamConsumer):
-        self.owner = owner
-        self.fault: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
-        self._done: deque[_Batch] = deque()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pool-writer", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        self._raise()
-
-    def submit(self, batch: _Batch) -> None:
-        self._raise()
-        self._queue.put(batch)
-
-    def drain(self) -> None:
-        """Wait until every submitted batch is durable (or the writer failed: then raise its fault)."""
-        self._queue.join()
-        self._raise()
-
-    def completed(self) -> list[_Batch]:
-        self._raise()
-        done = []
-        while self._done:
-            done.append(self._done.popleft())
-        return done
-
-    def close(self) -> None:
-        try:
-            self._queue.put(None, timeout=1)
-        except queue.Full:  # stuck on a batch (the consumer failed): the daemon thread ends with the process
-            return
-        self._thread.join()
-
-    def _raise(self) -> None:
-        if self.fault is not None:
-            raise self.fault
-
-    def _run(self) -> None:
-        try:
-            store = PoolStore(self.owner.pool_path)
-        except BaseException as exc:
-            self.fault = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            while (batch := self._queue.get()) is not None:
-                try:
-                    if self.fault is None:
-                        self._durable(store, batch)
-                        self._done.append(batch)
-                except BaseException as exc:  # an environment fault, or a broken invariant: the consumer stops
-                    self.fault = exc if isinstance(exc, RecflError) else EnvironmentFault(
-                        f"writing to the pool failed: {_describe(exc)}")
-                finally:
-                    self._queue.task_done()
-            self._queue.task_done()
-        finally:
-            store.close()
-
-    def _durable(self, store: PoolStore, batch: _Batch) -> None:
-        """Dead letters acknowledged, events stored (conflicting and failing ones dead-lettered), in that order."""
-        self._acknowledged(batch.dead)
-        letters = []
-        if batch.events:
-            written = duplicates = 0
-            for rows, outcome in self._append(store, batch.events, np.arange(len(batch.events))):
-                if isinstance(outcome, Exception):
-                    letters += [(batch.records[r], "internal", _describe(outcome)) for r in rows]
-                else:
-                    written, duplicates = written + outcome.written, duplicates + outcome.duplicates
-                    letters += [(batch.records[rows[r]], "conflict", "event_id stored with other content")
-                                for r in outcome.conflicts]
-            self._acknowledged([self.owner._send_dead_letter(*letter) for letter in letters])
-            batch.written, batch.duplicates = written, duplicates
-        batch.reasons = Counter(reason for _, reason, _ in letters)
-        batch.durable_at = time.monotonic()
-        if batch.records:
-            created = np.fromiter((r.timestamp for r in batch.records), dtype=np.float64, count=len(batch.records))
-            batch.latencies_ms = time.time() * 1000 - created
-
-    def _append(self, store: PoolStore, events: list[Event], rows: np.ndarray):
-        """Append ``events[rows]``; on a failure of the rows (not the environment) split them in halves until
-        the failing ones are alone. Yields (rows, AppendResult or the exception of a single row)."""
-        try:
-            yield rows, store.append_table(_table([events[r] for r in rows]))
-        except EnvironmentFault:
-            raise
-        except Exception as exc:
-            if len(rows) == 1:
-                yield rows, exc
-                return
-            log.warning("a batch of %d events failed (%s); isolating the failing ones", len(rows), _describe(exc))
-            half = len(rows) // 2
-            yield from self._append(store, events, rows[:half])
-            yield from self._append(store, events, rows[half:])
-
-    def _acknowledged(self, futures: list) -> None:
-        """Wait for the broker to acknowledge dead letters; one refused stops the consumer."""
-        refused = []
-        for future in futures:
-            try:
-                future.get()
-            except KafkaError as exc:
-                refused.append(exc)
-        if refused:
-            raise EnvironmentFault(f"the broker refused {len(refused)} dead letters for "
-                                   f"{self.owner.settings.dead_letters} (first: {refused[0]}); offsets not committed")
-
-
-def _table(events: list[Event]) -> pa.Table:
-    """Events as an Arrow table of the pool's schema, built column by column (attribute loads written out:
-    three times faster than ``getattr`` by name)."""
-    columns = ([e.event_id for e in events], [e.user_id for e in events], [e.item_id for e in events],
-               [e.category_id for e in events], [e.label for e in events], [e.timestamp for e in events],
-               [e.behavior for e in events])
-    return pa.table([pa.array(c, type=t) for c, t in zip(columns, ARROW_SCHEMA.types)], schema=ARROW_SCHEMA)
-
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -503,11 +428,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         self.owner = owner
 
     def _settle(self, why: str, partitions) -> None:
-        owner = self.owner
-        pending = owner._batch.consumed
-        owner._hand_off()
-        owner._writer.drain()
-        owner._collect()
+        pending = self.owner._batch.consumed
+        self.owner._make_durable()
         if partitions:
             log.info("partitions %s: %d pending messages made durable", why, pending)
 

@@ -118,7 +118,7 @@ def test_not_a_pool(tmp_path):
 def _writer(root, frame, start=None, pause=None, kill_at=None):
     """Append ``frame`` in chunks of 25: after ``start.wait()``; with ``pause=(done, go)``, set ``done`` after the
     first chunk and wait for ``go``. ``kill_at=(function, "before"|"after", n)`` SIGKILLs this process around its
-    n-th call of ``os.replace`` (a file written) or ``os.rename`` (a file published)."""
+    n-th call of ``os.fsync`` (a file written) or ``os.rename`` (a file published)."""
     if kill_at is not None:
         name, when, call = kill_at
         original, calls = getattr(os, name), []
@@ -189,7 +189,7 @@ def run_writers(root, part, kill_at=None, kill_after_s=None):
         assert pool.count() == len(part) and pool.read()["event_id"].is_unique
 
 
-@pytest.mark.parametrize("kill_at", [("replace", "after", 3), ("rename", "before", 2), ("rename", "after", 2)],
+@pytest.mark.parametrize("kill_at", [("fsync", "after", 2), ("rename", "before", 2), ("rename", "after", 2)],
                          ids=["written-not-committed", "committed-not-published", "published"])
 def test_no_raw_file_ever_holds_a_duplicate_when_a_writer_is_killed(tmp_path, events, kill_at):
     """A writer SIGKILLed right after renaming its Parquet file (before its commit) left rows another writer

@@ -14,8 +14,8 @@ Write protocol (one append; a writer holds ``BEGIN IMMEDIATE`` from 1 to 4):
 2. drop rows whose id is stored or repeated earlier in the batch: with the
    same digest a *duplicate*, with another one a *conflict* (reported, never
    stored: the first version of an event wins);
-3. write each day's fresh rows to ``data/_staging/day=D.<uuid>.parquet``
-   and fsync it;
+3. write each day's fresh rows to ``data/_staging/day=D.<uuid>.parquet``,
+   fsync the files and the staging folder;
 4. record the files and their ids in the index and commit;
 5. publish: rename each file to ``data/day=D/<uuid>.parquet``.
 
@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recfl.core.atomic import atomic_path
+from recfl.core.atomic import fsync_path
 from recfl.core.errors import EnvironmentFault, RecflError
 from recfl.core.schema import EVENT_COLUMNS, conform
 
@@ -142,7 +142,7 @@ class PoolStore:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def _append(self, table: pa.Table) -> AppendResult:
-        db, staged = self._db, []
+        db, files = self._db, []
         try:
             db.execute("BEGIN IMMEDIATE")
             self._settle()
@@ -153,8 +153,12 @@ class PoolStore:
             for day in np.unique(days):
                 rows = np.flatnonzero(days == day)
                 name = f"day={datetime.date.fromordinal(_EPOCH_ORDINAL + int(day)).isoformat()}/{uuid.uuid4().hex}.parquet"
-                staged.append(name)
-                self._stage(name, fresh.take(rows))
+                files.append((name, rows))
+                pq.write_table(fresh.take(rows), self._staging(name))
+            for name, _ in files:
+                fsync_path(self._staging(name))
+            fsync_path(self.root / "data" / STAGING)
+            for name, rows in files:
                 ids = fresh["event_id"].take(rows).to_numpy(zero_copy_only=False).tolist()
                 db.execute("INSERT INTO files VALUES (?, ?)", (name, len(rows)))
                 db.execute("INSERT INTO events SELECT value->>0, ?, value->>1 FROM json_each(?) ORDER BY 1",
@@ -163,13 +167,13 @@ class PoolStore:
         except BaseException as exc:
             if db.in_transaction:  # SQLite rolls back by itself on some failures (a full disk at commit)
                 db.execute("ROLLBACK")
-            for name in staged:
-                (self.root / "data" / STAGING / _staged(name)).unlink(missing_ok=True)
+            for name, _ in files:
+                self._staging(name).unlink(missing_ok=True)
             if _environmental(exc):
                 raise EnvironmentFault(f"cannot write the pool at {self.root}: {exc}") from None
             raise
         try:
-            for name in staged:
+            for name, _ in files:
                 self._publish(name)
         except OSError as exc:  # stored all the same: readers find the file in staging, the next append publishes it
             log.warning("cannot publish a pool file yet (%s); the next append will", exc)
@@ -198,17 +202,12 @@ class PoolStore:
         conflicts = np.flatnonzero(~keep & (digests != reference[codes]) & ~unknown[codes])
         return keep, int((~keep).sum()) - len(conflicts), tuple(conflicts.tolist())
 
-    def _stage(self, name: str, rows: pa.Table) -> None:
-        """Write one file durably into staging (file and folder fsynced)."""
-        with atomic_path(self.root / "data" / STAGING / _staged(name), durable=True) as tmp:
-            pq.write_table(rows, tmp)
-
     def _publish(self, name: str) -> None:
         """Move a committed file from staging into its day folder (done once: a missing staging file is published)."""
         target = self.root / "data" / name
         target.parent.mkdir(exist_ok=True)
         try:
-            os.rename(self.root / "data" / STAGING / _staged(name), target)
+            os.rename(self._staging(name), target)
         except FileNotFoundError:
             if not target.exists():
                 raise
@@ -216,7 +215,7 @@ class PoolStore:
     def _settle(self) -> None:
         """Publish committed files a killed writer left in staging and delete the rest; needs the write lock."""
         for path in (self.root / "data" / STAGING).iterdir():
-            name = path.name.replace(".", "/", 1)
+            name = path.name.replace(".", "/", 1)  # a day has no dot
             if self._db.execute("SELECT 1 FROM files WHERE file = ?", (name,)).fetchone():
                 self._publish(name)
             else:
@@ -235,8 +234,12 @@ class PoolStore:
         """Committed data files, in commit order (in staging for a file not published yet)."""
         return [self._locate(r[0]) for r in self._db.execute("SELECT file FROM files ORDER BY rowid")]
 
+    def _staging(self, name: str) -> Path:
+        """Where ``day=D/<uuid>.parquet`` waits before it is published: ``data/_staging/day=D.<uuid>.parquet``."""
+        return self.root / "data" / STAGING / name.replace("/", ".", 1)
+
     def _locate(self, name: str) -> Path:
-        published, staged = self.root / "data" / name, self.root / "data" / STAGING / _staged(name)
+        published, staged = self.root / "data" / name, self._staging(name)
         return staged if not published.exists() and staged.exists() else published
 
     def count(self) -> int:
@@ -267,11 +270,6 @@ class PoolStore:
 
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def _staged(name: str) -> str:
-    """The staging file name of ``day=D/<uuid>.parquet``: ``day=D.<uuid>.parquet`` (a day has no dot)."""
-    return name.replace("/", ".", 1)
 
 
 def _digests(table: pa.Table) -> np.ndarray:
