@@ -164,14 +164,18 @@ class StreamConsumer:
             self._commit()
             self._update_lag()
             return self.stats
-        except EnvironmentFault:
+        except RecflError:
             self._failed = True
             raise
-        except KafkaError as exc:
+        except Exception as exc:  # a fault of the broker connection, or of recfl: one line all the same
             self._failed = True
-            raise EnvironmentFault(f"stream consumer failed: {exc}") from None
+            log.debug("stream consumer failed", exc_info=True)
+            raise EnvironmentFault(f"stream consumer failed: {_describe(exc)}") from None
         finally:
-            self._close()
+            self._close_clients()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     def _connect(self) -> bool:
         """Create the clients, retrying with exponential backoff while the broker is unreachable."""
@@ -187,7 +191,7 @@ class StreamConsumer:
                          self.pool_path)
                 return True
             except KafkaError as exc:
-                self._close()
+                self._close_clients()
                 if not getattr(exc, "retriable", False):
                     raise RecflError(f"cannot use the broker at {s.bootstrap_servers}: {exc}") from None
                 self.stats.connect_retries += 1
@@ -396,17 +400,15 @@ class StreamConsumer:
         log.info("consumed %d (%.0f ev/s), written %d, dead-lettered %d, duplicates skipped %d, lag %s",
                  st.consumed, st.events_per_s, st.written, st.dead_lettered, st.duplicates_skipped, st.lag)
 
-    def _close(self) -> None:
-        """Close the Kafka clients (leaving the group; the listener commits anything still durable) and the writer."""
+    def _close_clients(self) -> None:
+        """Close the Kafka clients (leaving the group: the listener first makes pending batches durable and
+        commits them)."""
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:
                 log.warning("closing the consumer: %s", exc)
             self._consumer = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
         if self._dlq is not None:
             self._dlq.close(timeout=self.settings.request_timeout_ms / 1000)
             self._dlq = None
