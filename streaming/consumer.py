@@ -339,8 +339,9 @@ class StreamConsumer:
         st.written += result.written
         st.duplicates_skipped += result.duplicates
         st.dead_lettered += len(batch.dead)
-        st.reasons.update(conflict=len(result.conflicts), internal=len(result.failed))
-        st.reasons += Counter()  # drop zero counts
+        for reason, count in (("conflict", len(result.conflicts)), ("internal", len(result.failed))):
+            if count:
+                st.reasons[reason] += count
         st.batches += 1
         st.last_durable_at = time.monotonic()
         if batch.records:
