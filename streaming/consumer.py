@@ -6,15 +6,29 @@ valid ones appended to the :class:`~recfl.core.store.PoolStore`, which skips
 event ids it already holds); only then are the batch's offsets committed. A
 crash at any moment therefore re-delivers at most the uncommitted batches,
 whose events the pool skips as duplicates. The same happens on a rebalance:
-the listener makes the batch durable and commits before the partitions go.
-An unreachable broker is waited for with exponential backoff, at start-up
-as in mid-stream; :meth:`StreamConsumer.stop` (wired to SIGTERM/SIGINT by the
-CLI) finishes and commits the current batch.
+the listener makes the pending batches durable and commits before the
+partitions go. An unreachable broker is waited for with exponential backoff,
+at start-up as in mid-stream; :meth:`StreamConsumer.stop` (wired to
+SIGTERM/SIGINT by the CLI) finishes and commits the current batch.
+
+Data never stops the stream: every message ends as a stored event, a skipped
+duplicate or a dead letter. The pool reports an id stored with other content
+(``conflict``); a message that fails in any unforeseen way, in decoding or in
+the pool write, is dead-lettered as ``internal`` with the exception's type
+(a failed batch is split in halves until the failing messages are alone).
+Only the environment stops the consumer (:class:`EnvironmentFault`: disk
+full, no permission, the broker refusing dead letters), as one line, without
+committing anything not written.
+
+The poll loop decodes; a writer process (:mod:`streaming.pool_writer`)
+appends each batch to the pool while the next one is read. A batch is
+durable once the writer has stored it and the broker has acknowledged its
+dead letters; batches become durable, and their offsets committable, in the
+order they were read.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -23,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from kafka import (
     AsyncConsumerRebalanceListener,
     KafkaConsumer,
@@ -33,14 +46,16 @@ from kafka import (
 )
 from kafka.errors import KafkaError
 
-from recfl.core.errors import RecflError
-from recfl.core.store import PoolStore
-from streaming.events import SCHEMA_VERSION, InvalidEvent, decode
+from recfl.core.errors import EnvironmentFault, RecflError
+from streaming.dead_letters import dead_letter, dead_letter_key
+from streaming.events import Event, InvalidEvent, decode
+from streaming.pool_writer import PoolWriter, WriteResult
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 _LATENCY_SAMPLES = 1_000_000  # latencies kept for the percentiles (the most recent ones)
+_GROWTH = 4  # a batch grows up to this many times batch_size while the writer is busy
 
 
 @dataclass
@@ -80,7 +95,7 @@ class ConsumeStats:
 
     def latency_percentiles(self) -> dict[str, float] | None:
         """Produce -> durable-in-pool latency of valid events (ms, from the Kafka record timestamp)."""
-        if not self.latencies_ms:
+        if not self._latency_count:
             return None
         values = np.concatenate(list(self.latencies_ms))
         p50, p99 = np.percentile(values, [50, 99])
@@ -100,31 +115,16 @@ class ConsumeStats:
 
 @dataclass
 class _Batch:
-    """Messages read since the last durable write: valid rows, dead-letter sends in flight, next offsets."""
+    """Messages read since the last hand-off: valid events with their records, dead letters in flight, next
+    offsets; then what the writer did with it."""
 
-    rows: list[dict] = field(default_factory=list)
-    created_ms: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    records: list = field(default_factory=list)
     dead: list = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    consumed: int = 0
     opened_at: float | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.dead)
-
-
-def dead_letter(record, error: InvalidEvent, group: str, max_bytes: int) -> bytes:
-    """The dead-letter message of a rejected record: reason, source offset and the (truncated) payload."""
-    payload = record.value or b""
-    return json.dumps({
-        "schema": SCHEMA_VERSION,
-        "reason": error.code,
-        "detail": error.detail,
-        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                   "timestamp": record.timestamp, "key": record.key.decode("utf-8", "backslashreplace") if record.key else None},
-        "group": group,
-        "payload": payload[:max_bytes].decode("utf-8", "backslashreplace"),
-        "payload_bytes": len(payload),
-    }, separators=(",", ":")).encode()
+    result: WriteResult | None = None
 
 
 class StreamConsumer:
@@ -141,7 +141,9 @@ class StreamConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
-        self._pool: PoolStore | None = None
+        self._writer: PoolWriter | None = None
+        self._in_flight: deque[_Batch] = deque()  # handed off, in reading order: written, then acknowledged
+        self._failed = False
 
     def stop(self) -> None:
         """Ask the run loop to finish and commit the current batch, then return (safe from a signal handler)."""
@@ -153,20 +155,27 @@ class StreamConsumer:
         The idle clock runs only while partitions are assigned, so waiting for
         a broker or for a group join never counts as idle.
         """
-        self._pool = PoolStore(self.pool_path)
         try:
+            self._writer = PoolWriter(self.pool_path)  # starts while we connect and join the group
             if not self._connect():
                 return self.stats
             self._loop(max_events, idle_timeout_s)
-            self._flush()
+            self._make_durable()
             self._commit()
             self._update_lag()
             return self.stats
-        except KafkaError as exc:
-            raise RecflError(f"stream consumer failed: {exc}") from None
+        except RecflError:
+            self._failed = True
+            raise
+        except Exception as exc:  # a fault of the broker connection, or of recfl: one line all the same
+            self._failed = True
+            log.debug("stream consumer failed", exc_info=True)
+            raise EnvironmentFault(f"stream consumer failed: {_describe(exc)}") from None
         finally:
-            self._close()
-            self._pool.close()
+            self._close_clients()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     def _connect(self) -> bool:
         """Create the clients, retrying with exponential backoff while the broker is unreachable."""
@@ -182,7 +191,7 @@ class StreamConsumer:
                          self.pool_path)
                 return True
             except KafkaError as exc:
-                self._close()
+                self._close_clients()
                 if not getattr(exc, "retriable", False):
                     raise RecflError(f"cannot use the broker at {s.bootstrap_servers}: {exc}") from None
                 self.stats.connect_retries += 1
@@ -200,24 +209,35 @@ class StreamConsumer:
             log.warning("cannot create the dead-letter topic %s (%s); assuming it exists", self.settings.dead_letters, exc)
 
     def _loop(self, max_events: int | None, idle_timeout_s: float | None) -> None:
+        """Read batches and hand them to the writer. A batch is due at ``batch_size`` messages or after
+        ``batch_max_wait_s``; while the writer still holds the previous one it grows, up to
+        ``_GROWTH * batch_size``, so that a slow disk gets fewer, larger writes (group commit)."""
         s = self.settings
         idle_since = time.monotonic()
         next_progress = time.monotonic() + s.progress_interval_s
         while not self._stop.is_set():
-            room = s.batch_size - len(self._batch)
+            if self._collect():
+                self._commit()
+            batch, busy = self._batch, self._writer.in_flight > 0
+            room = (_GROWTH if busy else 1) * s.batch_size - batch.consumed
             if max_events is not None:
                 room = min(room, max_events - self.stats.consumed)
-            wait = 0.5 if self._batch.opened_at is None else self._batch.opened_at + s.batch_max_wait_s - time.monotonic()
+            if batch.opened_at is None:
+                wait = 0.5
+            elif busy:
+                wait = 0.05  # a due batch waits for the writer: look again soon
+            else:
+                wait = batch.opened_at + s.batch_max_wait_s - time.monotonic()
             records = self._consumer.poll(timeout_ms=int(1000 * min(0.5, max(0.0, wait))), max_records=max(1, room))
             now = time.monotonic()
-            for tp, batch in records.items():
-                self._take(tp, batch)
+            for tp, polled in records.items():
+                self._take(tp, polled)
             if records or not self._consumer.assignment():
                 idle_since = now
-            if len(self._batch) >= s.batch_size or (self._batch.opened_at is not None and (
-                    not records or now - self._batch.opened_at >= s.batch_max_wait_s)):
-                self._flush()
-                self._commit()
+            due = batch.consumed >= s.batch_size or (batch.opened_at is not None and (
+                not records or now - batch.opened_at >= s.batch_max_wait_s))
+            if due and (not self._writer.in_flight or batch.consumed >= _GROWTH * s.batch_size):
+                self._hand_off()
             if now >= next_progress:
                 self._progress()
                 next_progress = now + s.progress_interval_s
@@ -228,46 +248,104 @@ class StreamConsumer:
                 break
 
     def _take(self, tp: TopicPartition, records: list) -> None:
-        """Validate records into the batch; invalid ones are sent to the dead-letter topic."""
+        """Decode records into the batch; invalid ones are sent to the dead-letter topic."""
         batch = self._batch
         if batch.opened_at is None:
             batch.opened_at = time.monotonic()
         if self.stats.first_record_at is None:
             self.stats.first_record_at = batch.opened_at
+        rules, events, kept = self._rules, batch.events, batch.records
         for record in records:
             try:
-                batch.rows.append(decode(record.value, self._rules))
-                batch.created_ms.append(record.timestamp)
+                events.append(decode(record.value, rules))
+                kept.append(record)
             except InvalidEvent as error:
-                value = dead_letter(record, error, self.settings.group, self.settings.max_event_bytes)
-                key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-                batch.dead.append(self._dlq.send(self.settings.dead_letters, key=key, value=value))
+                batch.dead.append(self._send_dead_letter(record, error.code, error.detail))
                 self.stats.reasons[error.code] += 1
+            except Exception as exc:  # recfl's fault, not the stream's: this message only
+                batch.dead.append(self._send_dead_letter(record, "internal", _describe(exc)))
+                self.stats.reasons["internal"] += 1
+        batch.consumed += len(records)
         self.stats.consumed += len(records)
         batch.offsets[tp] = records[-1].offset + 1
         self._positions[tp] = records[-1].offset + 1
 
-    def _flush(self, pool: PoolStore | None = None) -> None:
-        """Make the batch durable: dead letters acknowledged, valid events in ``pool`` (default: the run's store);
-        its offsets become committable."""
+    def _send_dead_letter(self, record, reason: str, detail: str):
+        """Send one dead letter (thread-safe); its future resolves once the broker has it."""
+        try:
+            return self._dlq.send(self.settings.dead_letters, key=dead_letter_key(record),
+                                  value=dead_letter(record, reason, detail, self.settings.group))
+        except KafkaError as exc:
+            raise EnvironmentFault(f"cannot send dead letters to {self.settings.dead_letters}: {exc}") from None
+
+    def _hand_off(self) -> None:
+        """Send the batch to the writer (waiting until it is done with the previous one) and start a new one."""
         batch, self._batch = self._batch, _Batch()
-        if not len(batch):
+        if not batch.consumed:
             return
-        if batch.dead:
-            self._dlq.flush()
-            failed = [f.exception for f in batch.dead if f.failed()]
-            if failed:
-                raise RecflError(f"{len(failed)} dead-letter writes to {self.settings.dead_letters} failed "
-                                 f"(first: {failed[0]}); offsets not committed")
-            self.stats.dead_lettered += len(batch.dead)
-        if batch.rows:
-            result = (pool or self._pool).append(pd.DataFrame(batch.rows))
-            self.stats.written += result.written
-            self.stats.duplicates_skipped += result.duplicates
-        durable = time.time()
-        self.stats.last_durable_at = time.monotonic()
-        self.stats.batches += 1
-        self.stats.record_latencies(durable * 1000 - np.asarray(batch.created_ms, dtype=np.float64))
+        while self._writer.in_flight:
+            self._written(self._writer.receive())
+        self._writer.submit(batch.events)
+        self._in_flight.append(batch)
+
+    def _make_durable(self) -> None:
+        """Hand off the batch and wait until every batch handed off is durable."""
+        self._hand_off()
+        while self._writer.in_flight:
+            self._written(self._writer.receive())
+        self._collect(wait=True)
+
+    def _written(self, result: WriteResult) -> None:
+        """The writer stored the oldest batch not written yet: dead-letter its conflicts and failures."""
+        batch = next(b for b in self._in_flight if b.result is None)
+        batch.result = result
+        for position in result.conflicts:
+            event = batch.events[position]
+            batch.dead.append(self._send_dead_letter(batch.records[position], "conflict",
+                                                     f"event_id {event.event_id!r} is stored with other content"))
+        for position, why in result.failed:
+            batch.dead.append(self._send_dead_letter(batch.records[position], "internal", why))
+
+    def _collect(self, wait: bool = False) -> bool:
+        """Count the batches now durable (written, dead letters acknowledged), oldest first, and make their
+        offsets committable; True if any. With ``wait``, wait for every batch handed off."""
+        while self._writer.has_result():
+            self._written(self._writer.receive())
+        durable = 0
+        while self._in_flight and self._in_flight[0].result is not None:
+            batch = self._in_flight[0]
+            if not wait and not all(f.is_done for f in batch.dead):
+                break
+            self._acknowledged(batch.dead)
+            self._in_flight.popleft()
+            self._durable(batch)
+            durable += 1
+        return bool(durable)
+
+    def _acknowledged(self, futures: list) -> None:
+        """Wait for the broker to acknowledge dead letters; one refused stops the consumer."""
+        refused = []
+        for future in futures:
+            try:
+                future.get()
+            except KafkaError as exc:
+                refused.append(exc)
+        if refused:
+            raise EnvironmentFault(f"the broker refused {len(refused)} dead letters for {self.settings.dead_letters} "
+                                   f"(first: {refused[0]}); offsets not committed")
+
+    def _durable(self, batch: _Batch) -> None:
+        st, result = self.stats, batch.result
+        st.written += result.written
+        st.duplicates_skipped += result.duplicates
+        st.dead_lettered += len(batch.dead)
+        for reason, count in (("conflict", len(result.conflicts)), ("internal", len(result.failed))):
+            if count:
+                st.reasons[reason] += count
+        st.batches += 1
+        st.last_durable_at = time.monotonic()
+        if batch.records:
+            st.record_latencies(time.time() * 1000 - np.array([r.timestamp for r in batch.records], dtype=np.float64))
         self._uncommitted.update(batch.offsets)
 
     def _pending_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -323,8 +401,9 @@ class StreamConsumer:
         log.info("consumed %d (%.0f ev/s), written %d, dead-lettered %d, duplicates skipped %d, lag %s",
                  st.consumed, st.events_per_s, st.written, st.dead_lettered, st.duplicates_skipped, st.lag)
 
-    def _close(self) -> None:
-        """Close the Kafka clients (leaving the group; the listener commits anything still durable)."""
+    def _close_clients(self) -> None:
+        """Close the Kafka clients (leaving the group: the listener first makes pending batches durable and
+        commits them)."""
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -336,28 +415,32 @@ class StreamConsumer:
             self._dlq = None
 
 
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 class _Rebalance(AsyncConsumerRebalanceListener):
-    """Before partitions move: make the batch durable and commit.
+    """Before partitions move: make the pending batches durable and commit.
 
     Runs on kafka-python's IO thread while the run loop waits inside ``poll``
-    (or ``close``), so the batch is never touched concurrently; the pool is
-    opened afresh because an SQLite connection belongs to its thread.
+    (or ``close``), so the batch is never touched concurrently. After a fault
+    the consumer is stopping: it neither writes nor commits any more.
     """
 
     def __init__(self, owner: StreamConsumer):
         self.owner = owner
 
-    def _flush(self, why: str, partitions) -> None:
-        pending = len(self.owner._batch)
-        if pending:
-            with PoolStore(self.owner.pool_path) as pool:
-                self.owner._flush(pool)
+    def _settle(self, why: str, partitions) -> None:
+        pending = self.owner._batch.consumed
+        self.owner._make_durable()
         if partitions:
             log.info("partitions %s: %d pending messages made durable", why, pending)
 
     async def on_partitions_revoked(self, revoked):
         owner = self.owner
-        self._flush("revoked", revoked)
+        if owner._failed or owner._writer is None:
+            return
+        self._settle("revoked", revoked)
         offsets = owner._pending_commit()
         if offsets:
             try:
@@ -368,8 +451,11 @@ class _Rebalance(AsyncConsumerRebalanceListener):
                 owner._committed(offsets)
 
     async def on_partitions_lost(self, lost):
-        self._flush("lost", lost)  # durable anyway: the new owner's copies will be skipped as duplicates
-        self.owner._uncommitted.clear()
+        owner = self.owner
+        if owner._failed or owner._writer is None:
+            return
+        self._settle("lost", lost)  # durable anyway: the new owner's copies will be skipped as duplicates
+        owner._uncommitted.clear()
 
     async def on_partitions_assigned(self, assigned):
         self.owner._assigned(set(assigned))

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kafka.util import ensure_valid_topic_name
+
 from recfl.core.config import check_limits
+from recfl.core.errors import RecflError
 from streaming.events import EventRules
 
 
@@ -49,6 +52,11 @@ class StreamConfig:
         check_limits(self, "streaming", partitions=">= 1", batch_size=">= 1", batch_max_wait_s="> 0", max_event_bytes=">= 1",
                      session_timeout_ms=">= 1", heartbeat_interval_ms=">= 1", max_poll_interval_ms=">= 1",
                      request_timeout_ms=">= 1", backoff_s="> 0", backoff_max_s="> 0", progress_interval_s="> 0")
+        for key, name in (("topic", self.topic), ("dead_letter_topic", self.dead_letters)):
+            try:
+                ensure_valid_topic_name(name)
+            except ValueError as exc:
+                raise RecflError(f"config: streaming.{key}: {exc}") from None
 
     @property
     def dead_letters(self) -> str:

@@ -15,16 +15,16 @@ GOOD = {"schema": 1, "event_id": "taobao:1", "user_id": 5, "item_id": 7, "catego
 
 
 def test_valid_event_decodes_to_canonical_fields():
-    assert decode(encode(GOOD), RULES) == {
+    assert decode(encode(GOOD), RULES).fields() == {
         "event_id": "taobao:1", "user_id": 5, "item_id": 7, "category_id": 9, "label": 1,
         "timestamp": 1_511_658_000, "behavior": "cart"}
     without_behavior = {k: v for k, v in GOOD.items() if k != "behavior"} | {"category_id": -1}
-    assert decode(encode(without_behavior), RULES)["behavior"] is None
+    assert decode(encode(without_behavior), RULES).behavior is None
 
 
 @pytest.mark.parametrize("behavior", ["pv", "buy", "click", "view", "rating:4", "rating:0.5", "rating:5"])
 def test_known_behaviors(behavior):
-    assert decode(encode(GOOD | {"behavior": behavior}), RULES)["behavior"] == behavior
+    assert decode(encode(GOOD | {"behavior": behavior}), RULES).behavior == behavior
 
 
 def _with(**changes):
@@ -36,7 +36,7 @@ def _with(**changes):
     (None, "bad_json", "empty message"),
     (b"{\"schema\": 1, \"event_id\": \"a\"", "bad_json", "not JSON"),
     (b"\xff\xfe{}", "bad_json", "not UTF-8"),
-    (b"[1, 2]", "bad_json", "not a JSON object but list"),
+    (b"[1, 2]", "bad_json", "not a JSON object but array"),
     (_with(schema=2), "schema_version", "schema 2 is not the supported version 1"),
     (_with(schema=...), "schema_version", "schema None"),
     (_with(schema=True), "schema_version", "schema True"),
@@ -65,7 +65,7 @@ def test_every_bad_message_gets_its_reason(payload, code, detail):
 
 def test_size_limit_and_behaviors_are_settings():
     rules = StreamConfig(max_event_bytes=200, behaviors=("like",)).rules
-    assert decode(_with(behavior="like"), rules)["behavior"] == "like"
+    assert decode(_with(behavior="like"), rules).behavior == "like"
     with pytest.raises(InvalidEvent, match="unknown behavior 'pv'"):
         decode(_with(behavior="pv"), rules)
     with pytest.raises(InvalidEvent, match="oversized"):

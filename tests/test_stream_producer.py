@@ -23,7 +23,7 @@ def split(messages):
     valid, invalid = [], {}
     for _key, event in messages:
         try:
-            valid.append(decode(encode(event), RULES))
+            valid.append(decode(encode(event), RULES).fields())
         except InvalidEvent as err:
             invalid.setdefault(err.code, []).append(event)
     return conform(pd.DataFrame(valid, columns=list(EVENT_COLUMNS))), invalid

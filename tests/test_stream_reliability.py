@@ -30,7 +30,7 @@ def valid_ids(messages) -> set[str]:
     ids = set()
     for _, event in messages:
         try:
-            ids.add(decode(encode(event), RULES)["event_id"])
+            ids.add(decode(encode(event), RULES).event_id)
         except InvalidEvent:
             pass
     return ids
@@ -88,7 +88,7 @@ def replay_with_kills(bootstrap, topic, pool, messages, kills, rate, seed, consu
     killed_at = []
     for threshold in thresholds:
         consumer = consumer_processes(bootstrap, topic, pool, *QUICK_GROUP, "--set", "streaming.batch_size=300")
-        wait_for_pool(pool, threshold, consumer)
+        wait_for_pool(pool, max(threshold, pool_count(pool) + 1), consumer)  # each one writes before it dies
         time.sleep(rng.uniform(0, 0.4))
         consumer.process.kill()
         consumer.process.wait()

@@ -22,17 +22,21 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if durable:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_path(tmp)
         os.replace(tmp, path)
         if durable:
-            folder = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file, or a folder's entries, to the disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> None:

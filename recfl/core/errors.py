@@ -11,6 +11,12 @@ class RecflError(Exception):
     exit_code = 2
 
 
+class EnvironmentFault(RecflError):
+    """The machine, not the user, stops the work (disk full, permission denied, a broker refusing writes)."""
+
+    exit_code = 1
+
+
 class DataFormatError(RecflError):
     """A data file that does not match its declared format, with file and line."""
 

@@ -109,7 +109,8 @@ def run(size: str) -> list[Figure]:
     finally:
         broker.stop()
 
-    note = f"{n:,} synthetic events, 4 partitions, bundled broker; median of {repeats}"
+    ratios = ", ".join(f"{f / r:.2f}x" for f, r in zip(full_rates, raw_rates))
+    note = f"{n:,} synthetic events, 4 partitions, bundled broker; median of {repeats} (run by run: {ratios})"
     live_note = (f"{len(live):,} events produced at {rate:,.0f}/s; full consumer batches up to "
                  f"{base.batch_size} events or {base.batch_max_wait_s:g} s")
     figures = [Figure(BENCH, "events/s, full consumer (validate + durable pool write + commit)",
