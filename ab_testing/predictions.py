@@ -98,8 +98,8 @@ def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     labels = pd.to_numeric(frame["label"], errors="coerce")
     bad = ~labels.isin([0, 1])
     if bad.any():
-        raise RecflError(f"{source}{_arms(frame, bad)}: {int(bad.sum())} labels are not 0 or 1 (e.g. {frame['label'][bad].iloc[0]!r} "
-                         f"at {_where(frame, bad)})")
+        raise RecflError(f"{source}{_arms(frame, bad)}: {int(bad.sum())} labels are not 0 or 1 "
+                         f"(e.g. {frame['label'][bad].iloc[0]!r} at {_where(frame, bad)})")
     out = frame[list(PREDICTION_COLUMNS)].assign(label=labels, arm=arm.astype(str))
     return out.astype(PREDICTION_COLUMNS).reset_index(drop=True)
 
