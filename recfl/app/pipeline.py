@@ -143,7 +143,8 @@ def _data_settings(ctx: RunContext) -> dict:
     if ctx.data_dir is not None:
         return {"prepared": str(ctx.data_dir.resolve()), "created": PreparedDataset(ctx.data_dir).manifest.get("created_utc")}
     data = ctx.section(DataConfig, "data")
-    return {"data": config.as_table(data), "synthetic": ctx.table(SyntheticSpec, "synthetic"), "files": _source_stat(data.path)}
+    return {"data": config.as_table(data), "files": _source_stat(data.path),
+            "synthetic": ctx.table(SyntheticSpec, "synthetic") if data.format == "synthetic" else None}
 
 
 def _data_run(ctx: RunContext, out: Path) -> dict:
@@ -356,12 +357,12 @@ def _check_out(out: Path, pipeline: tuple[Stage, ...], plan: dict[str, tuple[str
                              "(recfl replaces only its own stage folders)")
     if "data" not in plan or force:
         return
-    done = _read_json(out / "data" / "stage.json")
+    done = _read_json(out / "data" / "stage.json") or {}
     fingerprint, settings = plan["data"]
-    if done and done.get("fingerprint") != fingerprint:
-        changes = "; ".join(islice(_differences(done["settings"], settings), 3)) if "settings" in done else ""
-        raise RecflError(f"--out {out} holds a run of another data set ({changes or 'other data settings'}): every stage "
-                         "of it would be replaced; give another --out, or --force to replace it")
+    if "settings" in done and done["fingerprint"] != fingerprint:  # (a run of an earlier recfl recorded none)
+        changes = "; ".join(islice(_differences(done["settings"], settings), 3))
+        raise RecflError(f"--out {out} holds a run of another data set ({changes}): every stage of it would be "
+                         "replaced; give another --out, or --force to replace it")
 
 
 def _differences(old: dict, new: dict, prefix: str = ""):
