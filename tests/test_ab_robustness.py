@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -96,3 +99,20 @@ def test_every_guard_names_the_file_and_the_arm(tmp_path, capsys, name, treatmen
     assert main(["ab", "evaluate", control, str(path), "--control", "control", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("recfl: error: " + message.format(path=path)) and err.count("\n") == 1, err
+
+
+def test_metrics_json_does_not_depend_on_the_blas_threads_or_kernels(tmp_path):
+    """OpenBLAS sums in an order set by its thread count and the CPU's kernels; the bootstrap does not use it."""
+    rng = np.random.default_rng(2)
+    labels = (rng.random(30_000) < 0.3).astype(int)
+    frame = pd.concat([_events(3000, 10, labels).assign(score=rng.random(30_000), arm=arm) for arm in ("a", "b")])
+    frame.to_parquet(tmp_path / "pred.parquet")
+    pd.DataFrame({"user_id": np.arange(3000), "train_events": np.arange(3000) % 50}).to_csv(tmp_path / "users.csv")
+    reports = []
+    for i, blas in enumerate([{"OPENBLAS_NUM_THREADS": "1"}, {"OPENBLAS_NUM_THREADS": "2"}, {"OPENBLAS_CORETYPE": "Haswell"}]):
+        out = tmp_path / f"report-{i}"
+        subprocess.run([sys.executable, "-m", "recfl", "ab", "evaluate", str(tmp_path / "pred.parquet"), "--control", "a",
+                        "--out", str(out), "--bootstrap", "200", "--users", str(tmp_path / "users.csv")],
+                       env={**os.environ, **blas}, check=True, capture_output=True)
+        reports.append((out / "metrics.json").read_bytes())
+    assert reports[1] == reports[0] and reports[2] == reports[0]

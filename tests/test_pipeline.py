@@ -227,6 +227,17 @@ def test_ctrl_c_in_run_after_force_leaves_no_stale_report(finished):
 
 
 @pytest.mark.heavy
+def test_the_core_count_changes_no_result(finished):
+    """TensorFlow, TFF, BLAS, LightGBM and the device workers confined to one core: the same metrics.json."""
+    tmp, out = finished
+    one_core = tmp / "one-core"
+    subprocess.run([sys.executable, "-m", "recfl", "run", "--out", str(one_core), "--config", str(_config(tmp))],
+                   preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}), check=True,
+                   capture_output=True)
+    assert (one_core / "ab" / "metrics.json").read_bytes() == (out / "ab" / "metrics.json").read_bytes()
+
+
+@pytest.mark.heavy
 @pytest.mark.parametrize("stage", [s.name for s in stages()])
 def test_killed_in_any_stage_resumes_to_the_same_results(finished, stage):
     tmp, out = finished
