@@ -171,6 +171,14 @@ def test_an_out_folder_of_another_data_set_is_refused_unless_forced(finished, ca
             "of it would be replaced; give another --out, or --force to replace it") in capsys.readouterr().err
     assert _stage_times(other) == before
 
+    # a run that stopped after its data stage (the pre-training check) holds no result: it is simply replaced
+    stopped = tmp / "stopped"
+    shutil.copytree(out / "data", stopped / "data")
+    assert main(["run", "--out", str(stopped), "--config", str(_config(tmp)), "--set", "synthetic.users=100",
+                 "--set", "pool.share_fraction=1.0"]) == 2  # no device user: the pre-training check stops it
+    assert "recfl: error: no device user has test events" in capsys.readouterr().err
+    assert json.loads((stopped / "data" / "stage.json").read_text())["settings"]["synthetic"]["users"] == 100
+
     foreign = tmp / "foreign"
     (foreign / "pool").mkdir(parents=True)
     (foreign / "pool" / "notes.txt").write_text("mine")
@@ -206,7 +214,7 @@ def test_ctrl_c_in_personalize_stops_its_workers_without_a_traceback(finished, t
     cmd = [sys.executable, "-m", "recfl", "personalize", "--data", str(out / "data"), "--model", str(out / "cloud_model"),
            "--pool", str(out / "pool"), "--arm", "local", "--out", str(predictions), "--workers", "2"]
     devices = tmp_path / "local.devices"
-    code, err = _interrupt(cmd, lambda: devices.is_dir() and any(devices.glob("*.ckpt")), target)  # workers are busy
+    code, err = _interrupt(cmd, lambda: devices.is_dir() and any(devices.glob("*.npz")), target)  # a device is done
     assert code == 130 and "Traceback" not in err and err.rstrip().endswith("recfl: interrupted"), err
     assert not predictions.exists()
 

@@ -20,10 +20,12 @@ outputs (the federated stages resume from their last round).
 A run folder holds one run of one data set. ``OUT`` is *another run* when
 its data stage finished with other data settings (another source, an
 edited source file, other ``[data]`` or ``[synthetic]`` settings, another
-``--data``): nothing of it would be reused, so :func:`run` refuses it
-unless ``force`` (``recfl run --force``). Any other change of settings
-(another config file included) reruns just the stages that read it. Stage
-folders recfl did not write are never touched.
+``--data``) and a later stage finished too: none of its results would be
+reused, so :func:`run` refuses it unless ``force`` (``recfl run --force``).
+A run that stopped after its data stage (the pre-training check) is simply
+replaced; any other change of settings (another config file included)
+reruns just the stages that read it. Stage folders recfl did not write are
+never touched.
 
 Paths in ``stage.json`` and ``OUT/run.json`` are relative to ``OUT`` (a
 data set prepared elsewhere, ``--data``, stays absolute), so a run folder
@@ -359,7 +361,8 @@ def _check_out(out: Path, pipeline: tuple[Stage, ...], plan: dict[str, tuple[str
         return
     done = _read_json(out / "data" / "stage.json") or {}
     fingerprint, settings = plan["data"]
-    if "settings" in done and done["fingerprint"] != fingerprint:  # (a run of an earlier recfl recorded none)
+    results = any((out / stage.name / "stage.json").is_file() for stage in pipeline if stage.name != "data")
+    if results and "settings" in done and done["fingerprint"] != fingerprint:  # (an earlier recfl recorded none)
         changes = "; ".join(islice(_differences(done["settings"], settings), 3))
         raise RecflError(f"--out {out} holds a run of another data set ({changes}): every stage of it would be "
                          "replaced; give another --out, or --force to replace it")
