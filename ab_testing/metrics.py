@@ -202,11 +202,17 @@ class ArmEstimator:
         return 8 * (self.num.shape[0] + 3 * self.num.shape[1])
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
-        """``[R, len(keys)]`` values for ``counts`` ``[R, n_users]`` (NaN where a metric is undefined)."""
+        """``[R, len(keys)]`` values for ``counts`` ``[R, n_users]`` (NaN where a metric is undefined).
+
+        The weighted sums are NumPy's own loop (``einsum``), not BLAS: OpenBLAS adds in an order that
+        depends on its thread count and the CPU's kernels, which changed the last bits of metrics.json
+        between machines; this loop adds in one order everywhere (a few % slower over a whole bootstrap).
+        """
         out = np.empty((len(counts), len(self.keys)))
         weights = counts.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = (weights @ self.num) / (weights @ self.den)
+            ratio = (np.einsum("ru,uc->rc", weights, self.num, optimize=False)
+                     / np.einsum("ru,uc->rc", weights, self.den, optimize=False))
         out[:, self.ratio_columns] = np.where(np.isfinite(ratio), ratio, np.nan)
         for column, resampler in self.auc_columns:
             out[:, column] = resampler(counts)

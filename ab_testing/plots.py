@@ -29,6 +29,24 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _point_and_interval(ax, at: float, value: float, ci: tuple[float, float], color: str, horizontal: bool = False,
+                        filled: bool = True, capsize: float = 4, label: str | None = None) -> None:
+    """A value as a marker and its interval as a bar drawn around the interval's own middle.
+
+    A percentile interval need not contain the point: a skewed bootstrap
+    distribution, or a metric that is constant over users, whose resampled
+    values differ from the point in the last bits (whiskers measured from the
+    point would then be negative, which matplotlib refuses).
+    """
+    low, high = ci
+    if np.isfinite(low) and np.isfinite(high):
+        middle, half = [(low + high) / 2], [(high - low) / 2]
+        ax.errorbar(*((middle, [at]) if horizontal else ([at], middle)), **{"xerr" if horizontal else "yerr": half},
+                    fmt="none", capsize=capsize, color=color)
+    ax.plot(*(([value], [at]) if horizontal else ([at], [value])), "o", color=color, mfc=None if filled else "white",
+            label=label)
+
+
 def metric_per_arm(result: AbResult) -> bytes:
     """Each metric's value per arm (all users) with its bootstrap interval."""
     arms = (result.control, *result.treatments)
@@ -36,9 +54,7 @@ def metric_per_arm(result: AbResult) -> bytes:
     for ax, metric in zip(axes, result.metrics):
         values = {v.arm: v for v in result.values if v.segment == "all" and v.metric == metric.name}
         for x, arm in enumerate(arms):
-            v = values[arm]
-            err = [[v.value - v.ci[0]], [v.ci[1] - v.value]] if np.isfinite(v.ci[0]) else None
-            ax.errorbar([x], [v.value], yerr=err, fmt="o", capsize=4, color=COLORS[x % len(COLORS)])
+            _point_and_interval(ax, x, values[arm].value, values[arm].ci, color=COLORS[x % len(COLORS)])
         ax.set_xticks(range(len(arms)), arms, rotation=20)
         ax.set_title(f"{metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -55,11 +71,9 @@ def lift_per_segment(result: AbResult) -> bytes:
         for t, treatment in enumerate(result.treatments):
             for s, segment in enumerate(segments):
                 c = next(c for c in rows if c.treatment == treatment and c.segment == segment)
-                y = s * (len(result.treatments) + 1) + t
-                low, high = (100 * b for b in c.lift.rel_ci)
-                ax.errorbar([100 * c.lift.rel_lift], [y], xerr=[[100 * c.lift.rel_lift - low], [high - 100 * c.lift.rel_lift]]
-                            if np.isfinite(low) else None, fmt="o", mfc=None if c.significant else "white",
-                            capsize=3, color=COLORS[(t + 1) % len(COLORS)], label=treatment if s == 0 else None)
+                _point_and_interval(ax, s * (len(result.treatments) + 1) + t, 100 * c.lift.rel_lift,
+                                    tuple(100 * b for b in c.lift.rel_ci), horizontal=True, filled=c.significant, capsize=3,
+                                    color=COLORS[(t + 1) % len(COLORS)], label=treatment if s == 0 else None)
         step = len(result.treatments) + 1
         ax.set_yticks([s * step + (len(result.treatments) - 1) / 2 for s in range(len(segments))], segments)
         ax.invert_yaxis()

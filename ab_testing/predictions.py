@@ -59,8 +59,12 @@ def from_frame(frame: pd.DataFrame, source: str = "<frame>") -> Predictions:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise RecflError(f"{path}: is a folder; give its predictions files (.parquet or .csv), e.g. {path / '*.parquet'}")
     if not path.is_file():
         raise RecflError(f"{path}: predictions file not found")
+    if path.stat().st_size == 0:
+        raise RecflError(f"{path}: empty file (0 bytes); a predictions file has one row per scored test event")
     try:
         if path.suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
@@ -73,15 +77,20 @@ def _read(path: Path) -> pd.DataFrame:
 
 def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """The predictions columns with canonical dtypes, or the first problem found as an error."""
+    if frame.empty:
+        raise RecflError(f"{source}{_arms(frame)}: no rows (column names only); a predictions file has one row per scored "
+                         "test event")
     missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if missing:
-        raise RecflError(f"{source}: missing column(s) {', '.join(missing)}; a predictions file has "
+        raise RecflError(f"{source}{_arms(frame)}: missing column(s) {', '.join(missing)}; a predictions file has "
                          f"{', '.join(PREDICTION_COLUMNS)}")
     for column in ("user_id", "item_id", "timestamp"):
         if not pd.api.types.is_integer_dtype(frame[column]) or frame[column].isna().any():
-            raise RecflError(f"{source}: column {column} must hold integers (found {frame[column].dtype})")
+            empty = frame[column].isna()
+            raise RecflError(f"{source}{_arms(frame, empty if empty.any() else None)}: column {column} must hold integers "
+                             f"(found {frame[column].dtype}{f', {int(empty.sum())} empty' if empty.any() else ''})")
     if not pd.api.types.is_numeric_dtype(frame["score"]) or pd.api.types.is_bool_dtype(frame["score"]):
-        raise RecflError(f"{source}: column score must be numeric (found {frame['score'].dtype})")
+        raise RecflError(f"{source}{_arms(frame)}: column score must be numeric (found {frame['score'].dtype})")
     arm = frame["arm"]
     unnamed = arm.isna() | (arm.astype(str).str.strip() == "")
     if unnamed.any():
@@ -89,10 +98,19 @@ def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     labels = pd.to_numeric(frame["label"], errors="coerce")
     bad = ~labels.isin([0, 1])
     if bad.any():
-        raise RecflError(f"{source}: {int(bad.sum())} labels are not 0 or 1 (e.g. {frame['label'][bad].iloc[0]!r} "
-                         f"at {_where(frame, bad)})")
+        raise RecflError(f"{source}{_arms(frame, bad)}: {int(bad.sum())} labels are not 0 or 1 "
+                         f"(e.g. {frame['label'][bad].iloc[0]!r} at {_where(frame, bad)})")
     out = frame[list(PREDICTION_COLUMNS)].assign(label=labels, arm=arm.astype(str))
     return out.astype(PREDICTION_COLUMNS).reset_index(drop=True)
+
+
+def _arms(frame: pd.DataFrame, rows: pd.Series | None = None) -> str:
+    """`` (arm 'a')``: the arm(s) of the offending ``rows`` (every row if None), for an error about a file."""
+    if "arm" not in frame.columns:
+        return ""
+    names = pd.unique(frame["arm"][rows if rows is not None else slice(None)].dropna().astype(str))
+    shown = ", ".join(map(repr, names[:3])) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f" ({'arms' if len(names) > 1 else 'arm'} {shown})" if len(names) else ""
 
 
 def _where(frame: pd.DataFrame, mask) -> str:

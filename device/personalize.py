@@ -19,7 +19,9 @@ events scored in the interpreter.
 
 Work is spread over ``workers`` spawned processes. The ``.tflite`` is
 converted (or found in the cache) once, in the parent, before any worker
-starts; workers only load it.
+starts; workers only load it. Workers start with SIGINT blocked, so Ctrl-C
+(which a terminal sends to the whole process group) reaches the parent
+only; the parent then terminates them and raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -277,21 +281,42 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
 
 def _run_all(tasks, settings: WorkerSettings, workers: int):
     """``run_device`` over ``tasks``: in this process, or in ``workers`` spawned processes with at most
-    two tasks per worker in flight (tasks are built lazily; a dead worker fails the run instead of hanging)."""
+    two tasks per worker in flight (tasks are built lazily; a dead worker fails the run instead of hanging).
+
+    Any exception here or in a worker, Ctrl-C included, terminates the workers at once rather than letting
+    them finish the tasks in flight."""
     if workers == 1:
         ctx = settings.context()
         yield from (run_device(task, ctx) for task in tasks)
         return
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(settings,)) as executor:
-        pending = set()
-        for task in tasks:
-            pending.add(executor.submit(_work, task))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        for future in as_completed(pending):
-            yield future.result()
+        try:
+            pending = set()
+            for task in tasks:
+                with _sigint_blocked():  # submit spawns the workers; they inherit the blocked signal
+                    pending.add(executor.submit(_work, task))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (future.result() for future in done)
+            for future in as_completed(pending):
+                yield future.result()
+        except BaseException:
+            for process in list(executor._processes.values()):  # Python 3.14 names this terminate_workers()
+                process.terminate()
+            executor.shutdown(cancel_futures=True)
+            raise
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile: a process started here keeps it blocked (a pending
+    SIGINT reaches this thread when the block ends)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None) -> np.ndarray:

@@ -1,7 +1,30 @@
-"""``python -m recfl``: the same as the ``recfl`` command."""
+"""``recfl`` and ``python -m recfl``: the command line of :mod:`recfl.app.cli`.
 
+Ctrl-C is quiet from the first instant: while the command modules load
+(pandas, NumPy, SciPy: a second or two) it ends the process with
+``recfl: interrupted`` and exit code 130, as :func:`recfl.app.cli.main`
+does once they are loaded.
+"""
+
+import signal
 import sys
 
-from recfl.app.cli import main
 
-sys.exit(main())
+def _interrupted_while_loading(signum, frame) -> None:
+    print("recfl: interrupted", file=sys.stderr)
+    raise SystemExit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+from recfl.app.cli import main  # noqa: E402  (after the handler: loading it is the slow part)
+
+
+def start() -> int:
+    """The ``recfl`` console script: Ctrl-C raises KeyboardInterrupt again, which ``main`` turns into exit 130."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(start())

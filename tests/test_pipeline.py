@@ -1,4 +1,5 @@
-"""``recfl run``: every stage end to end on a tiny synthetic set, skipping, and resuming after a kill."""
+"""``recfl run``: every stage end to end on a tiny synthetic set, skipping, resuming after a kill, moving
+the run folder, refusing another data set's folder, and Ctrl-C (a real SIGINT) in the pipeline and its workers."""
 
 from __future__ import annotations
 
@@ -56,10 +57,15 @@ def _results(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """A finished run, launched from its parent folder with a relative ``--out`` (as a user types it)."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    out = tmp / "run"
-    assert main(["run", "--out", str(out), "--config", str(_config(tmp))]) == 0
-    return tmp, out
+    launched_from = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert main(["run", "--out", "run", "--config", str(_config(tmp))]) == 0
+    finally:
+        os.chdir(launched_from)
+    return tmp, tmp / "run"
 
 
 def test_every_stage_runs_and_the_report_compares_all_arms(finished, capsys):
@@ -104,6 +110,7 @@ def test_a_changed_upstream_setting_reruns_downstream_on_fresh_outputs(finished)
 
 
 def test_killed_run_resumes_to_the_same_results(finished):
+    """Also: two runs of one config on one machine write the same metrics.json, byte for byte."""
     tmp, out = finished
     killed = tmp / "killed"
     cmd = [sys.executable, "-m", "recfl", "run", "--out", str(killed), "--config", str(_config(tmp))]
@@ -119,6 +126,123 @@ def test_killed_run_resumes_to_the_same_results(finished):
     assert not (killed / "fedsubavg" / "stage.json").exists()
     assert main(["run", "--out", str(killed), "--config", str(_config(tmp))]) == 0
     assert _results(killed) == _results(out)
+    assert (killed / "ab" / "metrics.json").read_bytes() == (out / "ab" / "metrics.json").read_bytes()
+
+
+def test_a_moved_run_folder_is_complete(finished, monkeypatch, capsys):
+    tmp, out = finished
+    moved = tmp / "elsewhere" / "moved"
+    shutil.copytree(out, moved)  # keeps modification times
+    before = _stage_times(moved)
+    monkeypatch.chdir(moved.parent)  # neither the folder the run was launched from nor the run folder
+    capsys.readouterr()
+    assert main(["run", "--out", "moved", "--config", str(_config(tmp)), "--set", "ab.bootstrap=120"]) == 0
+    after = _stage_times(moved)
+    assert [name for name in after if after[name] != before[name]] == ["ab"]  # it read the moved folder's predictions
+    assert f"report: {moved / 'ab' / 'report.html'}" in capsys.readouterr().out
+    run = json.loads((moved / "run.json").read_text())
+    assert run["stages"]["pool"]["pool_dir"] == "pool" and run["stages"]["ab"]["report.html"] == "ab/report.html"
+    assert run["stages"]["data"]["data_dir"] == "data" and run["stages"]["fedavg"]["model_dir"] == "fedavg/model"
+    sources = {a["arm"]: a["source"] for a in json.loads((moved / "ab" / "metrics.json").read_text())["arms"]}
+    assert sources["coda"] == "arm-coda/coda.parquet"  # as run.json has it: the same wherever the folder is
+    assert main(["run", "--out", "moved", "--config", str(_config(tmp)), "--set", "ab.bootstrap=120"]) == 0
+    assert _stage_times(moved) == after
+
+
+def test_a_setting_reruns_only_the_stages_that_read_it(finished):
+    """The filter is read by the coda arm alone; the number of device worker processes changes no result."""
+    tmp, out = finished
+    copy = tmp / "filter"
+    shutil.copytree(out, copy)
+    before = _stage_times(copy)
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--set", "filter.keep_fraction=0.3",
+                 "--set", "run.workers=1"]) == 0
+    after = _stage_times(copy)
+    assert [name for name in after if after[name] != before[name]] == ["arm-coda", "ab"]
+
+
+def test_an_out_folder_of_another_data_set_is_refused_unless_forced(finished, capsys):
+    tmp, out = finished
+    other = tmp / "other"
+    shutil.copytree(out, other)
+    before = _stage_times(other)
+    assert main(["run", "--out", str(other), "--config", str(_config(tmp)), "--set", "synthetic.users=100"]) == 2
+    assert (f"recfl: error: --out {other} holds a run of another data set (synthetic.users: 120 -> 100): every stage "
+            "of it would be replaced; give another --out, or --force to replace it") in capsys.readouterr().err
+    assert _stage_times(other) == before
+
+    # a run that stopped after its data stage (the pre-training check) holds no result: it is simply replaced
+    stopped = tmp / "stopped"
+    shutil.copytree(out / "data", stopped / "data")
+    assert main(["run", "--out", str(stopped), "--config", str(_config(tmp)), "--set", "synthetic.users=100",
+                 "--set", "pool.share_fraction=1.0"]) == 2  # no device user: the pre-training check stops it
+    assert "recfl: error: no device user has test events" in capsys.readouterr().err
+    assert json.loads((stopped / "data" / "stage.json").read_text())["settings"]["synthetic"]["users"] == 100
+
+    foreign = tmp / "foreign"
+    (foreign / "pool").mkdir(parents=True)
+    (foreign / "pool" / "notes.txt").write_text("mine")
+    assert main(["run", "--out", str(foreign), "--config", str(_config(tmp)), "--force"]) == 2
+    assert f"{foreign}: pool was not written by recfl run" in capsys.readouterr().err
+    assert (foreign / "pool" / "notes.txt").read_text() == "mine"
+
+
+def _interrupt(cmd: list[str], ready, target: str) -> tuple[int, str]:
+    """Start ``cmd`` in its own process group, wait for ``ready()``, send SIGINT as a terminal's Ctrl-C does (to the
+    group) or to the command's process alone; returns its exit code and stderr once the whole group is gone."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the command ended before it was interrupted"
+    (os.killpg if target == "group" else os.kill)(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    for _ in range(600):  # the workers end with it (the multiprocessing resource tracker a moment later)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return proc.returncode, err
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"processes of the interrupted command are still running:\n{err}")
+
+
+@pytest.mark.parametrize("target", ["group", pytest.param("parent", marks=pytest.mark.heavy)])
+def test_ctrl_c_in_personalize_stops_its_workers_without_a_traceback(finished, tmp_path, target):
+    tmp, out = finished
+    predictions = tmp_path / "local.parquet"
+    cmd = [sys.executable, "-m", "recfl", "personalize", "--data", str(out / "data"), "--model", str(out / "cloud_model"),
+           "--pool", str(out / "pool"), "--arm", "local", "--out", str(predictions), "--workers", "2"]
+    devices = tmp_path / "local.devices"
+    code, err = _interrupt(cmd, lambda: devices.is_dir() and any(devices.glob("*.npz")), target)  # a device is done
+    assert code == 130 and "Traceback" not in err and err.rstrip().endswith("recfl: interrupted"), err
+    assert not predictions.exists()
+
+
+def test_ctrl_c_in_run_after_force_leaves_no_stale_report(finished):
+    """``--force`` replaces another data set's run: its outputs go before anything runs, so an interrupted
+    replacement leaves no report of the old data behind."""
+    tmp, out = finished
+    replaced = tmp / "replaced"
+    shutil.copytree(out, replaced)
+    cmd = [sys.executable, "-m", "recfl", "run", "--out", str(replaced), "--config", str(_config(tmp)),
+           "--set", "synthetic.users=100", "--force"]
+    data_done = replaced / "data" / "stage.json"
+    code, err = _interrupt(cmd, lambda: data_done.is_file() and '"users": 100' in data_done.read_text(), "group")
+    assert code == 130 and "Traceback" not in err and err.rstrip().endswith("recfl: interrupted"), err
+    assert not (replaced / "ab").exists() and not any((replaced / f"arm-{arm}").exists() for arm in ARMS)
+    assert "ab" not in json.loads((replaced / "run.json").read_text())["stages"]
+
+
+@pytest.mark.heavy
+def test_the_core_count_changes_no_result(finished):
+    """TensorFlow, TFF, BLAS, LightGBM and the device workers confined to one core: the same metrics.json."""
+    tmp, out = finished
+    one_core = tmp / "one-core"
+    subprocess.run([sys.executable, "-m", "recfl", "run", "--out", str(one_core), "--config", str(_config(tmp))],
+                   preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}), check=True,
+                   capture_output=True)
+    assert (one_core / "ab" / "metrics.json").read_bytes() == (out / "ab" / "metrics.json").read_bytes()
 
 
 @pytest.mark.heavy

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from functools import partial
 from importlib.metadata import entry_points
 
 from recfl import __version__
@@ -53,6 +56,29 @@ def _quiet_tensorflow(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = sys.unraisablehook
+    sys.unraisablehook = partial(_interrupt_again, previous)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C anywhere, workers included (device/personalize.py): one line, exit 130
+        print("recfl: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.unraisablehook = previous
+
+
+def _interrupt_again(hook, unraisable) -> None:
+    """A Ctrl-C that landed in a callback Python cannot raise from (a gc callback, ``__del__``) would be
+    printed with a traceback and lost: send it again a moment later, once the callback has returned."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        again.daemon = True
+        again.start()
+    else:
+        hook(unraisable)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help, --version, or a usage error already printed as one line
@@ -70,9 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"recfl: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("recfl: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

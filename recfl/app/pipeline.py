@@ -6,13 +6,30 @@ Stages (each writes under ``OUT/<stage>/``)::
          -> arm-cloud, arm-fedavg, arm-fedsubavg, arm-local, arm-coda-nofilter, arm-coda -> ab
 
 Every stage starts by writing ``OUT/<stage>/started.json`` and finishes by
-writing ``OUT/<stage>/stage.json``, both with a fingerprint of the settings
-it reads and of the stages it depends on. A rerun skips a stage whose
-finished fingerprint matches, so a crashed run resumes where it stopped; an
-unfinished stage with the same fingerprint keeps its partial outputs (the
-federated stages resume from their last round), one with another
-fingerprint starts from an empty folder. A changed setting therefore reruns
-exactly the stages downstream of it, never on top of stale outputs.
+writing ``OUT/<stage>/stage.json``, both with a fingerprint of the config
+keys it reads (only those: ``filter.*`` reruns the ``coda`` arm, not the
+others; ``run.workers`` changes no result and reruns nothing) and of the
+stages it depends on. Fingerprints depend on settings only, so the whole
+plan is known before anything runs: a rerun skips a stage whose finished
+fingerprint matches, and at the start removes the outputs of every stage
+whose fingerprint changed (no stale report outlives the settings it came
+from, even if the run then stops early). A crashed run resumes where it
+stopped: an unfinished stage with the same fingerprint keeps its partial
+outputs (the federated stages resume from their last round).
+
+A run folder holds one run of one data set. ``OUT`` is *another run* when
+its data stage finished with other data settings (another source, an
+edited source file, other ``[data]`` or ``[synthetic]`` settings, another
+``--data``) and a later stage finished too: none of its results would be
+reused, so :func:`run` refuses it unless ``force`` (``recfl run --force``).
+A run that stopped after its data stage (the pre-training check) is simply
+replaced; any other change of settings (another config file included)
+reruns just the stages that read it. Stage folders recfl did not write are
+never touched.
+
+Paths in ``stage.json`` and ``OUT/run.json`` are relative to ``OUT`` (a
+data set prepared elsewhere, ``--data``, stays absolute), so a run folder
+can be moved or copied and rerun in place.
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +75,7 @@ CONTROL = "cloud"
 PERSONALIZED = ("local", "coda-nofilter", "coda")
 GLOBAL = ("fedavg", "fedsubavg")
 ARMS = (CONTROL, *GLOBAL, *PERSONALIZED)
+LAYOUT = 2  # stage.json format; 2: result paths relative to the run folder (earlier stage.json files rerun once)
 
 
 @dataclass(frozen=True)
@@ -86,9 +105,18 @@ class RunContext:
     def table(self, cls, name: str) -> dict:
         return config.as_table(self.section(cls, name))
 
+    def portable(self, path: str | Path) -> str:
+        """``path`` as a stage result records it: relative to the run folder when inside it, else absolute."""
+        path, root = Path(path).resolve(), self.out.resolve()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    def path(self, stage: str, key: str) -> Path:
+        """A path an earlier stage recorded (see :meth:`portable`), for this run folder wherever it is now."""
+        return self.out / self.results[stage][key]
+
     @property
     def data(self) -> PreparedDataset:
-        return PreparedDataset(self.results["data"]["data_dir"])
+        return PreparedDataset(self.path("data", "data_dir"))
 
     @property
     def run(self) -> RunConfig:
@@ -117,12 +145,13 @@ def _data_settings(ctx: RunContext) -> dict:
     if ctx.data_dir is not None:
         return {"prepared": str(ctx.data_dir.resolve()), "created": PreparedDataset(ctx.data_dir).manifest.get("created_utc")}
     data = ctx.section(DataConfig, "data")
-    return {"data": config.as_table(data), "synthetic": ctx.table(SyntheticSpec, "synthetic"), "files": _source_stat(data.path)}
+    return {"data": config.as_table(data), "files": _source_stat(data.path),
+            "synthetic": ctx.table(SyntheticSpec, "synthetic") if data.format == "synthetic" else None}
 
 
 def _data_run(ctx: RunContext, out: Path) -> dict:
     data = PreparedDataset(ctx.data_dir) if ctx.data_dir is not None else prepare_from_config(ctx.section(DataConfig, "data"), ctx.doc, out)
-    return {"data_dir": str(data.root), "source": data.manifest["source"], "train": data.manifest["train"], "test": data.manifest["test"],
+    return {"data_dir": ctx.portable(data.root), "source": data.manifest["source"], "train": data.manifest["train"], "test": data.manifest["test"],
             "split": data.manifest.get("split"), "negatives": data.negatives}
 
 
@@ -144,11 +173,11 @@ def _pool_settings(ctx: RunContext) -> dict:
 def _pool_run(ctx: RunContext, out: Path) -> dict:
     cfg = ctx.section(PoolConfig, "pool")
     build_pool(ctx.data, out, cfg.share_fraction, cfg.salt)
-    return {"pool_dir": str(out), **pool_summary(out)}
+    return {"pool_dir": ctx.portable(out), **pool_summary(out)}
 
 
 def _split(ctx: RunContext):
-    return load_split(ctx.results["pool"]["pool_dir"])
+    return load_split(ctx.path("pool", "pool_dir"))
 
 
 def _cloud_settings(ctx: RunContext) -> dict:
@@ -159,7 +188,7 @@ def _cloud_run(ctx: RunContext, out: Path) -> dict:
     split = _split(ctx)
     report = train_cloud_model(ctx.data, out, ctx.section(ModelConfig, "model"), ctx.section(TrainConfig, "train"),
                                train_users=split.sharing_users, test_users=split.device_users)
-    return {"model_dir": str(out), "trained_on_users": len(split.sharing_users), "device_test": report["model"],
+    return {"model_dir": ctx.portable(out), "trained_on_users": len(split.sharing_users), "device_test": report["model"],
             "popularity_baseline": report["popularity_baseline"]}
 
 
@@ -171,8 +200,9 @@ def _federated_stage(algorithm: str) -> Stage:
 
     def run(ctx: RunContext, out: Path) -> dict:
         fed = replace(ctx.section(FederatedConfig, "federated"), algorithm=algorithm)
-        return simulate(ctx.data, out, fed, ctx.section(ModelConfig, "model"), init=Path(ctx.results["cloud_model"]["model_dir"]),
-                        resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users)
+        summary = simulate(ctx.data, out, fed, ctx.section(ModelConfig, "model"), init=ctx.path("cloud_model", "model_dir"),
+                           resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users)
+        return {**summary, "model_dir": ctx.portable(summary["model_dir"])}
 
     return Stage(algorithm, settings, run, depends=("cloud_model",))
 
@@ -186,11 +216,11 @@ def _candidates_settings(ctx: RunContext) -> dict:
 def _candidates_run(ctx: RunContext, out: Path) -> dict:
     """Candidates for the device users the arms personalize (the first ``run.device_users`` by id)."""
 
-    pool_dir = Path(ctx.results["pool"]["pool_dir"])
+    pool_dir = ctx.path("pool", "pool_dir")
     users = device_users(ctx.data, pool_dir, ctx.run.device_users or None)
     write_candidates(pool_dir, ctx.data, out, ctx.section(MatchConfig, "matching"), users=users)
     candidates = read_candidates(out)
-    return {"candidates_dir": str(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
+    return {"candidates_dir": ctx.portable(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
 
 
 def _arm_stage(arm: str) -> Stage:
@@ -198,18 +228,21 @@ def _arm_stage(arm: str) -> Stage:
     depends = (model_stage, "candidates") if arm in ("coda", "coda-nofilter") else (model_stage,)
 
     def settings(ctx: RunContext) -> dict:
-        out = {"run": ctx.table(RunConfig, "run")}
+        """What the arm reads: which users; fine-tuning if it personalizes; the filter only for coda (not ``run.workers``)."""
+        out = {"device_users": ctx.run.device_users}
         if arm in PERSONALIZED:
-            out.update(filter=ctx.table(FilterConfig, "filter"), finetune=ctx.table(FinetuneConfig, "finetune"))
+            out.update(finetune=ctx.table(FinetuneConfig, "finetune"))
+        if arm == "coda":
+            out.update(filter=ctx.table(FilterConfig, "filter"))
         return out
 
     def run(ctx: RunContext, out: Path) -> dict:
-        model_dir = Path(ctx.results[model_stage]["model_dir"])
-        pool_dir = Path(ctx.results["pool"]["pool_dir"])
+        model_dir = ctx.path(model_stage, "model_dir")
+        pool_dir = ctx.path("pool", "pool_dir")
         predictions = out / f"{arm}.parquet"
         summary = personalize(
             ctx.data, model_dir, arm if arm in PERSONALIZED else CONTROL, predictions, pool_dir=pool_dir,
-            candidates=candidate_source(ctx.data, pool_dir, Path(ctx.results["candidates"]["candidates_dir"]))
+            candidates=candidate_source(ctx.data, pool_dir, ctx.path("candidates", "candidates_dir"))
             if "candidates" in depends else None,
             users=ctx.run.device_users or None, workers=ctx.run.workers,
             filter_config=ctx.section(FilterConfig, "filter"), finetune_config=ctx.section(FinetuneConfig, "finetune"),
@@ -219,7 +252,7 @@ def _arm_stage(arm: str) -> Stage:
             table = pd.read_parquet(predictions)
             table["arm"] = arm
             table.to_parquet(predictions, index=False)
-        return {"predictions": str(predictions), "users": summary["users"], "metrics": summary["metrics"],
+        return {"predictions": ctx.portable(predictions), "users": summary["users"], "metrics": summary["metrics"],
                 **({"devices": summary["devices"]} if "devices" in summary else {})}
 
     return Stage(f"arm-{arm}", settings, run, depends=depends)
@@ -231,11 +264,11 @@ def _ab_settings(ctx: RunContext) -> dict:
 
 def _ab_run(ctx: RunContext, out: Path) -> dict:
     cfg = ctx.section(AbConfig, "ab").with_primary
-    files = [ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS]
+    predictions = read_predictions([ctx.path(f"arm-{arm}", "predictions") for arm in ARMS])
+    predictions = replace(predictions, sources={arm: ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS})  # as run.json
     activity = ctx.data.train["user_id"].value_counts().rename("train_events")
-    predictions = read_predictions(files)
     result = evaluate(predictions, CONTROL, cfg, activity, progress=True)
-    paths = write_report(result, out)
+    paths = {name: ctx.portable(path) for name, path in write_report(result, out).items()}
     control = predictions.of(CONTROL)
     users = coverage(control, [cfg.primary], {"evaluated": np.unique(control["user_id"].to_numpy())})["evaluated"]
     values = {v.arm: {"value": _finite(v.value), "ci": [_finite(c) for c in v.ci]}
@@ -264,44 +297,111 @@ def stages() -> tuple[Stage, ...]:
     )
 
 
-def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, ...] | None = None) -> dict:
-    """Run (or skip) every stage in order; returns ``{stage: summary}`` and writes ``OUT/run.json``."""
+def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, ...] | None = None,
+        force: bool = False) -> dict:
+    """Run (or skip) every stage in order; returns ``{stage: summary}`` and keeps ``OUT/run.json`` current.
+
+    ``force`` replaces another run held in ``out`` (see the module docstring) instead of refusing it.
+    """
     ctx = RunContext(Path(out), doc, Path(data_dir) if data_dir else None)
-    ctx.out.mkdir(parents=True, exist_ok=True)
     pipeline = only or stages()
-    fingerprints: dict[str, str] = {}
+    plan: dict[str, tuple[str, dict]] = {}  # stage -> (fingerprint, settings); settings alone decide it
+    for stage in pipeline:
+        settings = json.loads(json.dumps(stage.settings(ctx), sort_keys=True, default=str))  # as stage.json records it
+        plan[stage.name] = (_fingerprint({"settings": settings, "upstream": [plan[d][0] for d in stage.depends]}), settings)
+    _check_out(ctx.out, pipeline, plan, force)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    for stage in pipeline:
+        _drop_stale(ctx.out / stage.name, plan[stage.name][0])
+    fingerprints = {name: fingerprint for name, (fingerprint, _) in plan.items()}
+    _write_record(ctx, fingerprints)
     for number, stage in enumerate(pipeline, start=1):
-        fingerprint = _fingerprint({"settings": stage.settings(ctx), "upstream": [fingerprints[d] for d in stage.depends]})
+        fingerprint, settings = plan[stage.name]
         marker = ctx.out / stage.name / "stage.json"
-        done = json.loads(marker.read_text()) if marker.is_file() else None
+        done = _read_json(marker)
         label = f"[{number}/{len(pipeline)}] {stage.name}"
-        if done and done.get("fingerprint") == fingerprint:
+        if done and done.get("fingerprint") == fingerprint and done.get("layout") == LAYOUT:
             log.info("%s: up to date, skipped", label)
             ctx.results[stage.name] = done["result"]
         else:
             log.info("%s: running", label)
             started = time.time()
-            _prepare_stage_dir(marker.parent, fingerprint)
+            _prepare_stage_dir(marker.parent, fingerprint, settings)
             result = stage.run(ctx, marker.parent)
-            write_json_atomic(marker, {"fingerprint": fingerprint, "result": result, "seconds": round(time.time() - started, 2)})
+            write_json_atomic(marker, {"fingerprint": fingerprint, "layout": LAYOUT, "settings": settings, "result": result,
+                                       "seconds": round(time.time() - started, 2)})
             ctx.results[stage.name] = result
             log.info("%s: done in %.1fs", label, time.time() - started)
         if stage.check is not None:
             stage.check(ctx)
-        fingerprints[stage.name] = fingerprint
-    write_json_atomic(ctx.out / "run.json", {"stages": ctx.results, "fingerprints": fingerprints})
+        _write_record(ctx, fingerprints)
     return ctx.results
 
 
-def _prepare_stage_dir(folder: Path, fingerprint: str) -> None:
+def _write_record(ctx: RunContext, fingerprints: dict[str, str]) -> None:
+    """``OUT/run.json``: the results of the stages finished so far (paths relative to ``OUT``) and every fingerprint."""
+    write_json_atomic(ctx.out / "run.json", {"stages": ctx.results, "fingerprints": fingerprints,
+                                             "paths": "relative to this folder"})
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_out(out: Path, pipeline: tuple[Stage, ...], plan: dict[str, tuple[str, dict]], force: bool) -> None:
+    """Refuse an ``out`` that holds another run (unless ``force``) or stage folders recfl did not write."""
+    if out.exists() and not out.is_dir():
+        raise RecflError(f"--out {out}: exists and is not a folder")
+    for stage in pipeline:
+        folder = out / stage.name
+        if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "started.json").is_file())):
+            raise RecflError(f"--out {out}: {folder.name} was not written by recfl run; give a new or empty folder "
+                             "(recfl replaces only its own stage folders)")
+    if "data" not in plan or force:
+        return
+    done = _read_json(out / "data" / "stage.json") or {}
+    fingerprint, settings = plan["data"]
+    results = any((out / stage.name / "stage.json").is_file() for stage in pipeline if stage.name != "data")
+    if results and "settings" in done and done["fingerprint"] != fingerprint:  # (an earlier recfl recorded none)
+        changes = "; ".join(islice(_differences(done["settings"], settings), 3))
+        raise RecflError(f"--out {out} holds a run of another data set ({changes}): every stage of it would be "
+                         "replaced; give another --out, or --force to replace it")
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    """``key: old -> new`` for each leaf that differs between two settings tables."""
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}: {_short(a)} -> {_short(b)}"
+
+
+def _short(value) -> str:
+    text = "unset" if value is None else "{...}" if isinstance(value, dict) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _drop_stale(folder: Path, fingerprint: str) -> None:
+    """Before anything runs: a finished stage whose settings changed is unfinished now; another fingerprint's
+    outputs go (a rerun would replace them anyway, and they must not outlive their settings if it stops early)."""
+    done = _read_json(folder / "stage.json")
+    if done and (done.get("fingerprint") != fingerprint or done.get("layout") != LAYOUT):
+        (folder / "stage.json").unlink()
+    started = _read_json(folder / "started.json")
+    if started and started.get("fingerprint") != fingerprint:
+        shutil.rmtree(folder)
+
+
+def _prepare_stage_dir(folder: Path, fingerprint: str, settings: dict) -> None:
     """Keep the partial outputs of an interrupted run of the same stage settings; otherwise start empty."""
-    started = folder / "started.json"
-    partial = json.loads(started.read_text()).get("fingerprint") if started.is_file() else None
-    if partial != fingerprint and folder.exists():
+    started = _read_json(folder / "started.json")
+    if (started or {}).get("fingerprint") != fingerprint and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "stage.json").unlink(missing_ok=True)
-    write_json_atomic(started, {"fingerprint": fingerprint})
+    write_json_atomic(folder / "started.json", {"fingerprint": fingerprint, "settings": settings})
 
 
 def _source_stat(path: str | None) -> list | None:

@@ -17,6 +17,7 @@ def register(commands) -> None:
     run.add_argument("--data", metavar="DIR", help="use an already prepared data set")
     run.add_argument("--format", choices=FORMATS, help="prepare this source instead of the synthetic default")
     run.add_argument("--path", help="data file or folder for --format")
+    run.add_argument("--force", action="store_true", help="replace a run of another data set that OUT holds")
     add_config_args(run)
     run.set_defaults(handler=_run)
 
@@ -26,12 +27,12 @@ def _run(args) -> int:
     overrides = list(args.overrides)
     if args.format:
         overrides += [f"data.format={args.format}"] + ([f"data.path={json.dumps(args.path)}"] if args.path else [])
-    results = run(Path(args.out), load_config(args.config, overrides), data_dir=args.data)
+    results = run(Path(args.out), load_config(args.config, overrides), data_dir=args.data, force=args.force)
     ab = results["ab"]
     print("\n".join(summary_lines(ab["primary"])))
     for warning in ab["warnings"]:
         print(f"  warning: {warning}")
-    print(f"report: {Path(ab['report.html']).resolve()}")
+    print(f"report: {(Path(args.out) / ab['report.html']).resolve()}")
     print(f"outputs: {Path(args.out).resolve()} (run.json lists every stage's results)")
     return 0
 
