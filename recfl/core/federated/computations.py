@@ -129,13 +129,8 @@ def client_update(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
     ``rows`` maps each table to ``(keys, rows)``. The only thing that leaves a
     client, whichever way its rows arrived.
     """
-    import tensorflow as tf
-
     tables = table_names(spec)
-    private = [tf.zeros(shape, tf.float32) for _, shape in spec.definition.private]
-    start = [rows[t][1] for t in tables] + [dense[n] for n in dense_names(spec)] + private
-    end, loss = local_sgd(spec, start, x, work)
-    n = tf.cast(tf.shape(x["label"])[0], tf.float32)
+    start, end, loss, n = train_locally(spec, dense, {t: rows[t][1] for t in tables}, x, work)
     k = len(tables)
     return collections.OrderedDict(
         tables=collections.OrderedDict(
@@ -145,6 +140,20 @@ def client_update(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
         examples=n,
         loss=n * loss,
     )
+
+
+def train_locally(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
+    """Local SGD from ``rows`` (each table's starting rows) and the dense weights, device-private weights at zero.
+
+    Returns (start, end, mean loss, examples): ``start``/``end`` are flat weight
+    lists (tables, dense, private, in the spec's order).
+    """
+    import tensorflow as tf
+
+    private = [tf.zeros(shape, tf.float32) for _, shape in spec.definition.private]
+    start = [rows[t] for t in table_names(spec)] + [dense[n] for n in dense_names(spec)] + private
+    end, loss = local_sgd(spec, start, x, work)
+    return start, end, loss, tf.cast(tf.shape(x["label"])[0], tf.float32)
 
 
 def local_sgd(spec: ModelSpec, params: list, x, work: ClientWork):
