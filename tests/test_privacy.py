@@ -68,6 +68,9 @@ def test_epsilon_falls_with_noise_and_calibration_meets_the_target():
     assert accounting.calibrate(eps[1], rates, DELTA) == pytest.approx(1.0, abs=1e-3)
     budget = accounting.plan(PrivacyConfig(enabled=True, target_epsilon=3.0), 30, 100, 5, Availability(), seed=0)
     assert 2.99 < budget.epsilon <= 3.0 + 1e-6 and np.all(budget.rates == 0.05) and np.all(budget.expected == 5)
+    joined = np.bincount(np.concatenate([poisson_sample_clients(r, 100, 5, Availability(), 0) for r in range(30)]))
+    assert budget.most_rounds_joined == joined.max() >= 2
+    assert budget.epsilon_known_cohort == accounting.epsilon(budget.noise_multiplier, np.ones(joined.max()), DELTA) > budget.epsilon
     flaky = Availability("bernoulli", p=0.04)
     budget = accounting.plan(PrivacyConfig(enabled=True), 30, 100, 5, flaky, seed=0)
     online = np.array([flaky.online(r, 100, 0).sum() for r in range(30)])
