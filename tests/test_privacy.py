@@ -155,7 +155,7 @@ def test_private_round_matches_the_numpy_reference(tff_runtime, algorithm):
     assert not np.allclose(item[8], params.tables["item"][8])
     assert np.array_equal(state.params.private["user"], params.private["user"])
     assert (metrics.clients, metrics.examples) == (2, 8)
-    assert metrics.upload_bytes == 2 * private.upload_bytes(SPEC, process._union_rows)
+    assert metrics.upload_bytes == 2 * private.upload_bytes(SPEC, process.union_rows)
 
 
 class Recorder:

@@ -8,7 +8,9 @@ standard deviation over seeds) and a plot. Finished runs are reused, so an
 interrupted grid continues where it stopped. Usage::
 
     python -m tools.privacy_utility --data runs/ml100k --out runs/privacy-utility \\
-        [--rounds 200] [--seeds 0 1 2] [--epsilons 2 8 32 128] [--clip-norm 0.05] [--plot docs/privacy_utility_ml100k.png]
+        [--rounds 200] [--seeds 0 1 2] [--epsilons 0.5 2 8 32] [--clip-norm 0.05] [--plot docs/privacy_utility_ml100k.png]
+
+``--algorithms fedavg`` (or ``fedsubavg``) runs one half of the grid, e.g. in a second process.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[2.0, 8.0, 32.0, 128.0])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 2.0, 8.0, 32.0])
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     parser.add_argument("--clients-per-round", type=int, default=50)
     parser.add_argument("--client-lr", type=float, default=0.1)
     parser.add_argument("--clip-norm", type=float, default=0.05)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     data, out = PreparedDataset(args.data), Path(args.out)
     grid = settings(args.epsilons, args.clip_norm)
     runs = {}
-    for algorithm in ALGORITHMS:
+    for algorithm in args.algorithms:
         for name, privacy in grid.items():
             for seed in args.seeds:
                 fed = FederatedConfig(algorithm=algorithm, rounds=args.rounds, clients_per_round=args.clients_per_round,
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 logging.info("%s, %s, seed %d: %s", algorithm, name, seed, summary["final"])
 
     rows = []
-    for algorithm in ALGORITHMS:
+    for algorithm in args.algorithms:
         for name in grid:
             done = [runs[algorithm, name, s] for s in args.seeds]
             budgets = [r.get("privacy", {}) for r in done]
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                          "epsilon": budgets[0].get("epsilon", "-") if name != "off" else "-",
                          "noise_multiplier": budgets[0].get("noise_multiplier", "-") if name != "off" else "-",
                          **{m: [r["final"][m] for r in done] for m in METRICS}})
-    result = {"data": str(data.root), "rows": rows, "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+    result = {"data": str(data.root), "rows": rows, "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out", "plot")},
               "privacy": {k: v for k, v in budgets[0].items() if k not in ("epsilon", "noise_multiplier")}}
     write_json_atomic(out / "utility.json", result)
     lines = ["| algorithm | setting | epsilon (delta 1e-5) | noise multiplier | test AUC | test gAUC |", "|---|---|---|---|---|---|"]
@@ -106,6 +109,8 @@ def _plot(rows: list[dict], args, path: Path, data: PreparedDataset) -> None:
     for ax, metric, title in zip(axes, METRICS, ("test AUC", "test gAUC")):
         for algorithm, color in zip(ALGORITHMS, ("tab:red", "tab:blue")):
             mine = [r for r in rows if r["algorithm"] == algorithm]
+            if not mine:
+                continue
             noisy = [r for r in mine if r["setting"].startswith("eps")] + [r for r in mine if r["setting"] == "no noise"]
             x = [r["epsilon"] if r["setting"] != "no noise" else right for r in noisy]
             y, err = [np.mean(r[metric]) for r in noisy], [np.std(r[metric]) for r in noisy]

@@ -53,20 +53,24 @@ class PrivateProcess(FederatedProcess):
     """Rounds in which the server learns only sums over a union of randomized row sets, with Gaussian noise."""
 
     def __init__(self, spec: ModelSpec, work: plain.ClientWork, coefficients: RowCoefficients, runtime: Runtime,
-                 server_lr: float, budget: Budget, seed: int, chunk_clients: int = HEAT_CHUNK):
-        super().__init__(spec, work, coefficients, runtime, server_lr, chunk_clients)
+                 server_lr: float, budget: Budget, seed: int):
+        super().__init__(spec, work, coefficients, runtime, server_lr)
         self.budget, self.seed = budget, seed
         self.union = secure.for_simulation(computations.build_union(spec, budget.config.keep_probability,
                                                                     budget.config.fake_probability))
-        self._union_rows: dict[str, int] = {}
+        self.union_rows: dict[str, int] = {}  # rows of each table in the last round's union
+
+    def _keys(self, client: ClientData) -> collections.OrderedDict:
+        """What a client holds and never sends: its rows of each table."""
+        return collections.OrderedDict((f"{t}_keys", client.submodel.rows[t]) for t in plain.table_names(self.spec))
 
     def _union_value(self, client: ClientData) -> collections.OrderedDict:
-        value = collections.OrderedDict((f"{t}_keys", client.submodel.rows[t]) for t in plain.table_names(self.spec))
+        value = self._keys(client)
         value["rr_seed"] = _secret(self.seed, client.user_id, _RR)
         return value
 
     def _client_value(self, client: ClientData, seed: tuple[int, int]) -> collections.OrderedDict:
-        value = collections.OrderedDict((f"{t}_keys", client.submodel.rows[t]) for t in plain.table_names(self.spec))
+        value = self._keys(client)
         value.update(client.examples.batch())
         value["seed"] = np.asarray(seed, np.int32)
         value["noise_seed"] = _secret(*seed, client.user_id, _NOISE)
@@ -81,10 +85,10 @@ class PrivateProcess(FederatedProcess):
     def _round(self, state: ServerState, clients: list[ClientData], seeds: list) -> tuple[ModelParams, float, float]:
         params, c = state.params, self.budget.config
         union = self.union_of(clients)
-        self._union_rows = {t: len(ids) for t, ids in union.items()}
+        self.union_rows = {t: len(ids) for t, ids in union.items()}
         std = self.budget.noise_multiplier * c.clip_norm  # of the summed noise, per coordinate
         if clients:
-            capacity = tuple((t, union_capacity(n)) for t, n in self._union_rows.items())
+            capacity = tuple((t, union_capacity(n)) for t, n in self.union_rows.items())
             server = collections.OrderedDict(
                 dense=collections.OrderedDict((n, params.dense[n]) for n in plain.dense_names(self.spec)),
                 union=collections.OrderedDict((t, self._broadcast(params, t, ids, dict(capacity)[t])) for t, ids in union.items()),
@@ -113,10 +117,10 @@ class PrivateProcess(FederatedProcess):
             rows=np.pad(rows, ((0, capacity - len(ids)), (0, 0))))
 
     def _upload_bytes(self, clients: list[ClientData]) -> int:
-        return len(clients) * computations.upload_bytes(self.spec, self._union_rows)
+        return len(clients) * computations.upload_bytes(self.spec, self.union_rows)
 
     def _download_bytes(self, clients: list[ClientData], params: ModelParams) -> int:
-        return len(clients) * computations.download_bytes(self.spec, self._union_rows)
+        return len(clients) * computations.download_bytes(self.spec, self.union_rows)
 
     def heat(self, batches) -> Heat:
         """Estimated clients touching each row, from the union counts over all clients (secure sums over chunks)."""
