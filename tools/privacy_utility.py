@@ -15,7 +15,6 @@ interrupted grid continues where it stopped. Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import replace
@@ -27,6 +26,7 @@ from recfl.core.atomic import write_json_atomic
 from recfl.core.dataset import PreparedDataset
 from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.simulate import FederatedConfig, simulate
+from tools.fl_convergence import grid_parser
 
 ALGORITHMS = ("fedsubavg", "fedavg")
 METRICS = ("test_auc", "test_gauc")
@@ -49,15 +49,9 @@ def _cell(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = grid_parser(__doc__.splitlines()[0])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 2.0, 8.0, 32.0])
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
-    parser.add_argument("--clients-per-round", type=int, default=50)
-    parser.add_argument("--client-lr", type=float, default=0.1)
     parser.add_argument("--clip-norm", type=float, default=0.05)
     parser.add_argument("--plot", help="also save the plot here (e.g. docs/privacy_utility_ml100k.png)")
     args = parser.parse_args(argv)

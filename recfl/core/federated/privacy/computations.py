@@ -38,18 +38,11 @@ VALUE_BITS = 32  # secure_quantized_sum's fixed point
 LOSS_BOUND = 20.0  # a client's mean training loss is clipped to [0, LOSS_BOUND] for the metric
 
 
-def _struct(items):
-    import tensorflow_federated as tff
-
-    return tff.StructWithPythonType(items, collections.OrderedDict)
-
-
 def union_client_type(spec: ModelSpec):
     """What a client holds for the union: its rows per table and the seed of its memoized randomized response."""
     import tensorflow_federated as tff
 
-    return _struct([(f"{t}_keys", tff.TensorType(np.int32, [None])) for t in computations.table_names(spec)]
-                   + [("rr_seed", tff.TensorType(np.int32, [2]))])
+    return computations.struct(computations.key_types(spec) + [("rr_seed", tff.TensorType(np.int32, [2]))])
 
 
 @lru_cache(maxsize=8)
@@ -80,13 +73,13 @@ def round_types(spec: ModelSpec, capacity: tuple[tuple[str, int], ...]):
 
     dense_t, _, _ = computations.types(spec)
     cap = dict(capacity)
-    union_t = _struct([(t.name, _struct([("ids", tff.TensorType(np.int32, [cap[t.name]])),
-                                         ("rows", tff.TensorType(np.float32, [cap[t.name], t.dim]))]))
-                       for t in spec.definition.tables])
-    server_t = _struct([("dense", dense_t), ("union", union_t), ("share_std", tff.TensorType(np.float32))])
-    client_t = _struct([(f"{t}_keys", tff.TensorType(np.int32, [None])) for t in computations.table_names(spec)]
-                       + computations.field_types(spec)
-                       + [("seed", tff.TensorType(np.int32, [2])), ("noise_seed", tff.TensorType(np.int32, [2]))])
+    struct = computations.struct
+    union_t = struct([(t.name, struct([("ids", tff.TensorType(np.int32, [cap[t.name]])),
+                                       ("rows", tff.TensorType(np.float32, [cap[t.name], t.dim]))]))
+                      for t in spec.definition.tables])
+    server_t = struct([("dense", dense_t), ("union", union_t), ("share_std", tff.TensorType(np.float32))])
+    client_t = struct(computations.key_types(spec) + computations.field_types(spec)
+                      + [("seed", tff.TensorType(np.int32, [2])), ("noise_seed", tff.TensorType(np.int32, [2]))])
     return server_t, client_t
 
 
