@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,21 +135,24 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     """Filter (coda), build the submodel, fine-tune in TFLite, save the device model, score the test events."""
     started = time.perf_counter()
     cfg = ctx.finetune_config
-    local = task.local.sort_values(["timestamp", "event_id"], kind="stable")
+    # the user's events, plus sampled negatives drawn on the device when the data set's rule asks for them
+    local = ctx.data.with_training_negatives(task.local, ("device", task.user_id)).sort_values(["timestamp", "event_id"], kind="stable")
     local_ex = ctx.encode(local, local)
     test_ex = ctx.encode(task.test, local)
-    report: dict = {"user_id": task.user_id, "arm": ctx.arm, "local_events": len(local), "test_events": len(task.test)}
+    report: dict = {"user_id": task.user_id, "arm": ctx.arm, "local_events": len(task.local), "test_events": len(task.test)}
 
     candidates, cand_ex = task.candidates, task.candidate_examples
     if ctx.arm == "local":
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
     report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
+    weight = np.ones(len(candidates))
     if ctx.arm == "coda":
         result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config, local_ex.hist, cand_ex.hist)
         report.update(result.report())
-        candidates, cand_ex = candidates[result.keep], cand_ex.take(result.keep)
+        candidates, cand_ex, weight = candidates[result.keep], cand_ex.take(result.keep), result.weight[result.keep]
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
+    cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
     cand_ex = cand_ex.take(np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable"))
     capacity = cfg.capacity(ctx.spec)
     base = Submodel.covering(ctx.spec, local_ex, test_ex)
@@ -320,7 +323,9 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
     encode = _encoder(data, spec)
     for lo in range(0, len(users), CHUNK_USERS):
         chunk = users[lo : lo + CHUNK_USERS]
-        matched = candidates(chunk).reset_index(drop=True) if needs_candidates else None
+        matched = None
+        if needs_candidates:  # with sampled negatives for their positives when the data set's rule asks for them
+            matched = data.with_training_negatives(candidates(chunk), ("candidates",)).reset_index(drop=True)
         if matched is not None:
             examples = encode(matched, pool)
             groups = matched.groupby("target_user_id", sort=False).indices

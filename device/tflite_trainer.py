@@ -59,6 +59,7 @@ class FinetuneConfig:
     loss: str = "pointwise"  # pointwise | pairwise | mixed
     elastic: float = 0.0  # pull toward the global weights (lambda of an L2 penalty on the difference)
     trainable: tuple[str, ...] = GROUPS  # weight groups fine-tuning moves: tables, dense, private
+    candidate_weight: float = 1.0  # loss weight of a matched cloud sample relative to one of the user's own
     item_capacity: int = 4096  # rows of the exported item table: one .tflite per capacity
     category_capacity: int = 256
     ops: str = "auto"  # auto: TFLite builtins, Flex only for ops without a builtin | builtin | flex
@@ -66,7 +67,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
-                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3")
+                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight="> 0")
         if self.ops not in OPS:
             raise RecflError(f"finetune.ops = {self.ops!r}: choose one of {', '.join(OPS)}")
         self.objective  # validates loss, elastic and trainable
@@ -123,7 +124,7 @@ def _module(spec: ModelSpec, batch_size: int):
             self.w = [tf.Variable(tf.zeros(s, f32), name=f"w{k}") for k, s in enumerate(shapes)]
             self.anchor = [tf.Variable(tf.zeros(s, f32), name=f"a{k}") for k, s in enumerate(shapes)]
 
-        @tf.function(input_signature=train_inputs)
+        @tf.function(input_signature=train_inputs, autograph=False)
         def train(self, item, cats, hist, label, weight, lr, pairwise, elastic, train_tables, train_dense, train_private):
             batch = {"item": item, "cats": cats, "hist": hist, "label": label, "weight": weight}
             masks = {"tables": train_tables, "dense": train_dense, "private": train_private}
@@ -133,22 +134,22 @@ def _module(spec: ModelSpec, batch_size: int):
                 var.assign(value)
             return {"loss": loss}
 
-        @tf.function(input_signature=infer_inputs)
+        @tf.function(input_signature=infer_inputs, autograph=False)
         def infer(self, item, cats, hist):
             z = spec.definition.forward(weights_of(spec, self.w), {"item": item, "cats": cats, "hist": hist})
             return {"probability": tf.sigmoid(z)}
 
-        @tf.function(input_signature=[])
+        @tf.function(input_signature=[], autograph=False)
         def get_weights(self):
             return {"weights": tf.concat([tf.reshape(v, [-1]) for v in self.w], 0)}
 
-        @tf.function(input_signature=[tf.TensorSpec([total], f32)])
+        @tf.function(input_signature=[tf.TensorSpec([total], f32)], autograph=False)
         def set_weights(self, weights):
             for var, value in zip(self.w, split(weights)):
                 var.assign(value)
             return {"size": tf.constant(total)}
 
-        @tf.function(input_signature=[tf.TensorSpec([total], f32)])
+        @tf.function(input_signature=[tf.TensorSpec([total], f32)], autograph=False)
         def set_anchor(self, weights):
             for var, value in zip(self.anchor, split(weights)):
                 var.assign(value)

@@ -14,7 +14,7 @@ from device.tflite_trainer import conversions
 from recfl.app.cli import main
 from recfl.core.features import Examples
 from recfl.core.models import ModelConfig, ModelSpec
-from recfl.core.schema import PREDICTION_COLUMNS
+from recfl.core.schema import PREDICTION_COLUMNS, PREDICTION_MARKER
 from recfl.core.submodel import Submodel
 from recfl.core.train import TrainConfig, train_cloud_model
 
@@ -50,7 +50,7 @@ def test_every_arm_end_to_end(setup, tmp_path, capsys):
         assert _run(setup, arm, tmp_path / f"{arm}.parquet") == 0
         summary = json.loads(capsys.readouterr().out)
         pred = pd.read_parquet(tmp_path / f"{arm}.parquet")
-        assert list(pred.columns) == list(PREDICTION_COLUMNS) and (pred["arm"] == arm).all()
+        assert list(pred.columns) == [*PREDICTION_COLUMNS, *PREDICTION_MARKER] and (pred["arm"] == arm).all()
         assert len(pred) == len(expected) and set(pred["user_id"]) == set(expected["user_id"])
         assert pred["score"].between(0, 1).all() and summary["users"] == USERS
         scores[arm] = pred["score"].to_numpy()

@@ -207,7 +207,7 @@ def small_data(tmp_path_factory):
     from recfl.core.formats import SyntheticSpec, load
 
     return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
-                   tmp_path_factory.mktemp("fl") / "data", 0.2)
+                   tmp_path_factory.mktemp("fl") / "data")
 
 
 SIM_ARGS = ["--rounds", "6", "--clients-per-round", "8", "--eval-every", "3", "--seed", "4",

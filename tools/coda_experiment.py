@@ -96,7 +96,7 @@ def carve_validation(test_split: Path, out: Path):
     source = PreparedDataset(test_split)
     m = source.manifest
     carved = SourceData(f"{m['source']} (training events only)", str(source.root), m["label_rule"], source.train, source.items)
-    return prepare(carved, out, m["test_fraction"], m["seed"], m["min_count"])
+    return prepare(carved, out, source.settings)
 
 
 def setup_split(root: Path, budgets: set[float]) -> None:

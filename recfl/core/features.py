@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from recfl.core.schema import SAMPLED
 from recfl.core.vocab import PAD, Vocabulary
 
 FIELDS = ("item", "cats", "hist")  # the batch fields a model reads (see Examples)
@@ -69,6 +70,10 @@ class Examples:
         return Examples(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Examples)})
 
 
+def _sampled(events: pd.DataFrame) -> np.ndarray:
+    return events[SAMPLED].to_numpy(bool) if SAMPLED in events.columns else np.zeros(len(events), bool)
+
+
 def category_rows(items: pd.DataFrame, cat_vocab: Vocabulary, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(sorted item ids, [n_items, width] category rows) from the item table, vectorised."""
     ids = items["item_id"].to_numpy(np.int64)
@@ -100,7 +105,10 @@ class Encoder:
         ts = np.concatenate([events["timestamp"].to_numpy(np.int64), pos["timestamp"].to_numpy(np.int64)])
         eid = np.concatenate([events["event_id"].to_numpy(str), pos["event_id"].to_numpy(str)])
         row = np.concatenate([np.arange(n), np.arange(len(pos))])
-        order = np.lexsort((flag, eid, ts, user))  # an event sorts before its own positive
+        # at one timestamp, sampled negatives come first (they never see the positive they were drawn for),
+        # then real events by id; an event sorts before its own positive
+        real = np.concatenate([~_sampled(events), np.ones(len(pos), bool)])
+        order = np.lexsort((flag, eid, real, ts, user))
         f = flag[order]
         before = np.cumsum(f) - f  # positives strictly earlier in the sorted order
         first = np.r_[True, user[order][1:] != user[order][:-1]]

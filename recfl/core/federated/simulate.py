@@ -174,7 +174,7 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
             started = time.perf_counter()
             chosen = (poisson_sample_clients if budget else sample_clients)(state.round, len(population), fed.clients_per_round,
                                                                             fed.available, fed.seed)
-            state, metrics = process.next(state, population.clients(chosen), fed.seed)
+            state, metrics = process.next(state, population.clients(chosen, state.round), fed.seed)
             record = {**metrics.__dict__, "seconds": round(time.perf_counter() - started, 4)}
             if state.round % fed.eval_every == 0 or state.round == fed.rounds:
                 scores = predict(spec, state.params, test.inputs())

@@ -32,7 +32,7 @@ def _probabilities(spec: ModelSpec):
     """One traced inference function per model (no per-call retracing)."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def run(weights, *fields):
         return tf.sigmoid(spec.definition.forward(weights_of(spec, weights), dict(zip(FIELDS, fields))))
 
@@ -86,7 +86,7 @@ def export_saved_model(spec: ModelSpec, params: ModelParams, path: Path) -> None
             super().__init__()
             self.weights = [tf.Variable(a, trainable=False) for a in params.arrays()]
 
-        @tf.function(input_signature=[
+        @tf.function(autograph=False, input_signature=[
             tf.TensorSpec([None], tf.int32, name="item"),
             tf.TensorSpec([None, c.max_categories], tf.int32, name="cats"),
             tf.TensorSpec([None, c.history], tf.int32, name="hist"),
