@@ -214,12 +214,13 @@ def _union_values(update, union):
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
+def private_data(tmp_path_factory):
+    """40 synthetic users: a population small enough for a few private rounds."""
     from recfl.core.dataset import prepare
     from recfl.core.formats import SyntheticSpec, load
 
-    return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
-                   tmp_path_factory.mktemp("private") / "data", 0.2)
+    spec = SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=5)
+    return prepare(load("synthetic", None, spec), tmp_path_factory.mktemp("private") / "data")
 
 
 SIM = ["--rounds", "4", "--clients-per-round", "8", "--eval-every", "2", "--seed", "4", "--set", "model.embed_dim=4",
@@ -227,10 +228,10 @@ SIM = ["--rounds", "4", "--clients-per-round", "8", "--eval-every", "2", "--seed
        "--set", "privacy.noise_multiplier=0.5"]
 
 
-def test_private_simulation_reports_its_budget_and_resumes_to_the_same_model(small_data, tmp_path, capsys):
+def test_private_simulation_reports_its_budget_and_resumes_to_the_same_model(private_data, tmp_path, capsys):
     from recfl.core.models import load_model
 
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(tmp_path / "full"), *SIM]) == 0
+    assert main(["simulate", "--data", str(private_data.root), "--out", str(tmp_path / "full"), *SIM]) == 0
     summary = json.loads(capsys.readouterr().out)
     budget = summary["privacy"]
     assert budget["noise_multiplier"] == 0.5 and budget["clip_norm"] == 0.1 and budget["delta"] == DELTA
@@ -238,12 +239,12 @@ def test_private_simulation_reports_its_budget_and_resumes_to_the_same_model(sma
     assert budget["rr_epsilon_per_row"] == pytest.approx(PrivacyConfig().rr_epsilon, rel=1e-3)
     run = json.loads((tmp_path / "full" / "run.json").read_text())
     assert run["privacy"]["enabled"] is True
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(tmp_path / "part"), *SIM, "--rounds", "2"]) == 0
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(tmp_path / "part"), *SIM, "--resume"]) == 0
+    assert main(["simulate", "--data", str(private_data.root), "--out", str(tmp_path / "part"), *SIM, "--rounds", "2"]) == 0
+    assert main(["simulate", "--data", str(private_data.root), "--out", str(tmp_path / "part"), *SIM, "--resume"]) == 0
     for a, b in zip(*(load_model(tmp_path / d / "model")[1].arrays() for d in ("full", "part"))):
         np.testing.assert_array_equal(a, b)  # the clients' secrets are seeded: a resumed run draws the same noise
     capsys.readouterr()
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(tmp_path / "part"), *SIM, "--resume",
+    assert main(["simulate", "--data", str(private_data.root), "--out", str(tmp_path / "part"), *SIM, "--resume",
                  "--set", "privacy.noise_multiplier=1.0"]) == 2  # another budget is another run
 
 
@@ -256,8 +257,8 @@ def test_private_simulation_reports_its_budget_and_resumes_to_the_same_model(sma
     (["privacy.target_epsilon=1e-6"], "privacy.target_epsilon = 1e-06 cannot be met at delta = 1e-05"),
     (["federated.distributor=select"], "privacy.enabled needs federated.distributor = 'host'"),
 ])
-def test_impossible_privacy_settings_are_one_line_errors(small_data, tmp_path, capsys, overrides, message):
-    args = ["simulate", "--data", str(small_data.root), "--out", str(tmp_path / "run"), "--set", "privacy.enabled=true"]
+def test_impossible_privacy_settings_are_one_line_errors(private_data, tmp_path, capsys, overrides, message):
+    args = ["simulate", "--data", str(private_data.root), "--out", str(tmp_path / "run"), "--set", "privacy.enabled=true"]
     assert main([*args, *(x for o in overrides for x in ("--set", o))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("recfl: error: ") and "\n" not in err and message in err, err
