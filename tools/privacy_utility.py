@@ -4,7 +4,9 @@ For each algorithm and seed, runs ``recfl simulate`` without privacy (the
 reference), with ``[privacy]`` but no noise (randomized-response union, secure
 sums, clipping: epsilon infinite) and with the noise multiplier calibrated to
 each target epsilon; then writes ``utility.json``, a Markdown table (mean and
-standard deviation over seeds) and a plot. Finished runs are reused, so an
+standard deviation over seeds) and a plot, and measures what the clip norm is
+compared with: the L2 norms of clients' unweighted updates at the initial
+model (``--clip-norm`` defaults to about their median). Finished runs are reused, so an
 interrupted grid continues where it stopped. Usage::
 
     python -m tools.privacy_utility --data runs/ml100k --out runs/privacy-utility \\
@@ -15,6 +17,7 @@ interrupted grid continues where it stopped. Usage::
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from dataclasses import replace
@@ -24,8 +27,13 @@ import numpy as np
 
 from recfl.core.atomic import write_json_atomic
 from recfl.core.dataset import PreparedDataset
+from recfl.core.federated.clients import Population
+from recfl.core.federated.computations import build, dense_names
+from recfl.core.federated.process import client_input
+from recfl.core.federated.runtime import Runtime
 from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.simulate import FederatedConfig, simulate
+from recfl.core.models import ModelConfig, ModelSpec, init_params, vocabulary_sizes
 from tools.fl_convergence import grid_parser
 
 ALGORITHMS = ("fedsubavg", "fedavg")
@@ -42,6 +50,20 @@ def _run(data: PreparedDataset, out: Path, fed: FederatedConfig, privacy: Privac
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
     return simulate(data, out, fed, resume=(out / "checkpoint.npz").is_file(), progress=False, privacy=privacy)
+
+
+def update_norms(data: PreparedDataset, fed: FederatedConfig, clients: int = 100) -> np.ndarray:
+    """L2 norms of the unweighted updates (rows and dense layers) of ``clients`` clients at the initial model."""
+    spec = ModelSpec.build(ModelConfig(), vocabulary_sizes(data))
+    population, params = Population(data, spec), init_params(spec, ModelConfig().init_seed)
+    chosen = np.random.default_rng(0).choice(len(population), size=min(clients, len(population)), replace=False)
+    dense = collections.OrderedDict((n, params.dense[n]) for n in dense_names(spec))
+    with Runtime() as runtime:
+        uploads = [runtime.invoke(build(spec, fed.work).client_work, (dense, client_input(c, params, (0, k))))
+                   for k, c in enumerate(population.clients(np.sort(chosen)))]
+    return np.array([np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in
+                                 [*(u["tables"][t]["rows"] for t in u["tables"]), *u["dense"].values()])) / float(u["examples"])
+                     for u in uploads])
 
 
 def _cell(values: list[float]) -> str:
@@ -77,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
                          "epsilon": budgets[0].get("epsilon", "-") if name != "off" else "-",
                          "noise_multiplier": budgets[0].get("noise_multiplier", "-") if name != "off" else "-",
                          **{m: [r["final"][m] for r in done] for m in METRICS}})
-    result = {"data": str(data.root), "rows": rows, "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out", "plot")},
+    norms = update_norms(data, FederatedConfig(clients_per_round=args.clients_per_round, client_lr=args.client_lr))
+    quantiles = {f"p{q}": round(float(np.percentile(norms, q)), 4) for q in (10, 50, 90)}
+    result = {"data": str(data.root), "rows": rows, "update_norms_at_start": quantiles, "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out", "plot")},
               "privacy": {k: v for k, v in budgets[0].items() if k not in ("epsilon", "noise_multiplier")}}
     write_json_atomic(out / "utility.json", result)
     lines = ["| algorithm | setting | epsilon (delta 1e-5) | noise multiplier | test AUC | test gAUC |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['algorithm']} | {row['setting']} | {row['epsilon']} | {row['noise_multiplier']} | "
                      f"{_cell(row['test_auc'])} | {_cell(row['test_gauc'])} |")
+    lines += ["", f"Clip norm {args.clip_norm}; L2 norm of a client's unweighted update at the initial model "
+                  f"(100 clients): median {quantiles['p50']}, 10th-90th percentile {quantiles['p10']}-{quantiles['p90']}."]
     (out / "utility.md").write_text("\n".join(lines) + "\n")
     _plot(rows, args, out / "utility.png", data)
     if args.plot:

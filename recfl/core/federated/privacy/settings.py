@@ -16,7 +16,8 @@ class PrivacyConfig:
     enabled: bool = False
     keep_probability: float = 0.8  # p: a row the client touches stays in its reported set
     fake_probability: float = 0.05  # q: a row it does not touch joins the reported set
-    clip_norm: float = 1.0  # L2 bound of a client's whole update (all rows and dense layers)
+    clip_norm: float = 0.05  # L2 bound of a client's whole update (all rows and dense layers); about the median norm
+    # of one client's unweighted update for the built-in models at client_lr 0.1 on MovieLens 100K (README, "Privacy")
     noise_multiplier: float = 1.0  # std of the noise on each summed coordinate, in units of clip_norm
     target_epsilon: float = 0.0  # > 0: the noise multiplier that makes the run spend exactly this epsilon
     delta: float = 1e-5
