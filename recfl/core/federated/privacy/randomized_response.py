@@ -5,7 +5,9 @@ probability p when it touches m, with probability q otherwise (Warner's
 randomized response, per row). The reserved rows (PAD, OOV) are in every
 submodel, so they are public and never reported. A client draws its bits
 once, from a seed of its own, and reports the same set every round
-(memoized, as in RAPPOR), so repeated rounds do not wear its deniability down.
+(memoized, as in RAPPOR), so repeated rounds do not wear its deniability
+down: the same draw decides a row in every round, so a report changes only
+where the client's own rows change (e.g. a round's sampled negatives).
 """
 
 from __future__ import annotations
