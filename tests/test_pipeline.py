@@ -109,6 +109,24 @@ def test_a_changed_upstream_setting_reruns_downstream_on_fresh_outputs(finished)
         assert not np.array_equal(old["arr_0"], new["arr_0"])
 
 
+def test_privacy_reaches_the_federated_stages_and_the_summary(finished, capsys):
+    """`recfl run --set privacy.enabled=true` reruns the federated stages (privately) and what depends on them."""
+    tmp, out = finished
+    private = tmp / "private"
+    shutil.copytree(out, private)
+    before = _stage_times(private)
+    capsys.readouterr()
+    assert main(["run", "--out", str(private), "--config", str(_config(tmp)), "--set", "privacy.enabled=true"]) == 0
+    after = _stage_times(private)
+    assert [n for n in after if after[n] != before[n]] == ["fedsubavg", "fedavg", "arm-fedavg", "arm-fedsubavg", "ab"]
+    stages_ = json.loads((private / "run.json").read_text())["stages"]
+    printed = capsys.readouterr().out
+    for algorithm in ("fedsubavg", "fedavg"):
+        budget = stages_[algorithm]["privacy"]
+        assert budget["epsilon"] > 0 and budget["delta"] == 1e-5 and budget["noise_multiplier"] == 1.0
+        assert f"{algorithm} was trained privately: epsilon {budget['epsilon']} at delta 1e-05" in printed
+
+
 def test_killed_run_resumes_to_the_same_results(finished):
     """Also: two runs of one config on one machine write the same metrics.json, byte for byte."""
     tmp, out = finished

@@ -36,14 +36,20 @@ def rounds_to(target: float, rounds: np.ndarray, auc: np.ndarray) -> int | None:
     return int(rounds[hit[0]]) if hit.size else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def grid_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a grid of ``recfl simulate`` runs on MovieLens-sized data: where, how long, which seeds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--clients-per-round", type=int, default=50)
     parser.add_argument("--client-lr", type=float, default=0.1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = grid_parser(__doc__.splitlines()[0])
     parser.add_argument("--eval-every", type=int, default=5)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

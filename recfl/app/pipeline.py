@@ -63,6 +63,7 @@ from recfl.core.candidates import read_candidates
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare_from_config
 from recfl.core.errors import RecflError
 from recfl.core.evaluable import coverage, need
+from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.formats import SyntheticSpec
 from recfl.core.models import ModelConfig
@@ -196,12 +197,15 @@ def _cloud_run(ctx: RunContext, out: Path) -> dict:
 
 def _federated_stage(algorithm: str) -> Stage:
     def settings(ctx: RunContext) -> dict:
-        return {"federated": {**ctx.table(FederatedConfig, "federated"), "algorithm": algorithm}}
+        privacy = ctx.section(PrivacyConfig, "privacy")  # in the fingerprint only when on: plain runs keep theirs
+        return {"federated": {**ctx.table(FederatedConfig, "federated"), "algorithm": algorithm},
+                **({"privacy": config.as_table(privacy)} if privacy.enabled else {})}
 
     def run(ctx: RunContext, out: Path) -> dict:
         fed = replace(ctx.section(FederatedConfig, "federated"), algorithm=algorithm)
         summary = simulate(ctx.data, out, fed, ctx.section(ModelConfig, "model"), init=ctx.path("cloud_model", "model_dir"),
-                           resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users)
+                           resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users,
+                           privacy=ctx.section(PrivacyConfig, "privacy"))
         return {**summary, "model_dir": ctx.portable(summary["model_dir"])}
 
     return Stage(algorithm, settings, run, depends=("cloud_model",))

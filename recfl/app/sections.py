@@ -12,6 +12,7 @@ from device.tflite_trainer import FinetuneConfig
 from recfl.app.pipeline import RunConfig
 from recfl.core import config
 from recfl.core.dataset import DataConfig
+from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.simulate import FederatedConfig
 from recfl.core.formats import SyntheticSpec
 from recfl.core.models import ModelConfig
@@ -24,6 +25,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "train": TrainConfig,
     "federated": FederatedConfig,
+    "privacy": PrivacyConfig,
     "pool": PoolConfig,
     "matching": MatchConfig,
     "streaming": StreamConfig,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from recfl.app.arguments import add_config_args
-from recfl.app.pipeline import ARMS, CONTROL, check_source_args, run
+from recfl.app.pipeline import ARMS, CONTROL, GLOBAL, check_source_args, run
 from recfl.app.sections import load_config
 from recfl.core.formats import FORMATS
 
@@ -30,6 +30,10 @@ def _run(args) -> int:
     results = run(Path(args.out), load_config(args.config, overrides), data_dir=args.data, force=args.force)
     ab = results["ab"]
     print("\n".join(summary_lines(ab["primary"])))
+    for arm in (a for a in GLOBAL if "privacy" in results[a]):
+        p = results[arm]["privacy"]
+        print(f"  {arm} was trained privately: epsilon {p['epsilon']} at delta {p['delta']} (clip {p['clip_norm']}, noise "
+              f"multiplier {p['noise_multiplier']}; randomized response p = {p['keep_probability']}, q = {p['fake_probability']})")
     for warning in ab["warnings"]:
         print(f"  warning: {warning}")
     print(f"report: {(Path(args.out) / ab['report.html']).resolve()}")

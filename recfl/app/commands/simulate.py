@@ -7,6 +7,7 @@ from pathlib import Path
 from recfl.app.arguments import add_config_args, config_doc, print_json
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset
+from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.runtime import serve
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.models import ModelConfig
@@ -47,7 +48,8 @@ def _simulate(args) -> int:
         users = load_split(Path(args.pool)).device_users
     workers = [w.strip() for w in args.workers.split(",") if w.strip()] if args.workers else None
     summary = simulate(PreparedDataset(args.data), Path(args.out), fed, config.section(ModelConfig, doc, "model"),
-                       init=Path(args.init) if args.init else None, resume=args.resume, workers=workers, users=users)
+                       init=Path(args.init) if args.init else None, resume=args.resume, workers=workers, users=users,
+                       privacy=config.section(PrivacyConfig, doc, "privacy"))
     print_json(summary)
     return 0
 

@@ -41,7 +41,8 @@ def dense_names(spec: ModelSpec) -> list[str]:
     return [name for name, _ in spec.definition.dense]
 
 
-def _struct(items):
+def struct(items):
+    """A TFF struct type of named ``items`` whose values are OrderedDicts."""
     import tensorflow_federated as tff
 
     return tff.StructWithPythonType(items, collections.OrderedDict)
@@ -57,17 +58,23 @@ def field_types(spec: ModelSpec) -> list:
             + [("label", tff.TensorType(np.float32, [None])), ("weight", tff.TensorType(np.float32, [None]))])
 
 
+def key_types(spec: ModelSpec) -> list:
+    """TFF types of a client's row ids per table (``<table>_keys``), as named struct items."""
+    import tensorflow_federated as tff
+
+    return [(f"{t}_keys", tff.TensorType(np.int32, [None])) for t in table_names(spec)]
+
+
 def types(spec: ModelSpec):
     """TFF types of the dense weights, of a client's input (rows gathered by the host) and of a heat upload."""
     import tensorflow_federated as tff
 
-    dense = _struct([(n, tff.TensorType(np.float32, s)) for n, s in spec.definition.dense])
+    dense = struct([(n, tff.TensorType(np.float32, s)) for n, s in spec.definition.dense])
     rows = []
     for t in spec.definition.tables:
         rows += [(f"{t.name}_keys", tff.TensorType(np.int32, [None])), (f"{t.name}_rows", tff.TensorType(np.float32, [None, t.dim]))]
-    client = _struct(rows + field_types(spec) + [("seed", tff.TensorType(np.int32, [2]))])
-    heat_client = _struct([(f"{t}_keys", tff.TensorType(np.int32, [None])) for t in table_names(spec)]
-                          + [("examples", tff.TensorType(np.float32))])
+    client = struct(rows + field_types(spec) + [("seed", tff.TensorType(np.int32, [2]))])
+    heat_client = struct(key_types(spec) + [("examples", tff.TensorType(np.float32))])
     return dense, client, heat_client
 
 
@@ -75,7 +82,7 @@ def sparse_type(width: int):
     """Rows of one table: ``ids`` and their ``rows``."""
     import tensorflow_federated as tff
 
-    return _struct([("ids", tff.TensorType(np.int32, [None])), ("rows", tff.TensorType(np.float32, [None, width]))])
+    return struct([("ids", tff.TensorType(np.int32, [None])), ("rows", tff.TensorType(np.float32, [None, width]))])
 
 
 def aggregate_type(spec: ModelSpec):
@@ -83,7 +90,7 @@ def aggregate_type(spec: ModelSpec):
     import tensorflow_federated as tff
 
     dense_t, _, _ = types(spec)
-    return _struct([("tables", _struct([(t.name, sparse_type(t.dim)) for t in spec.definition.tables])), ("dense", dense_t),
+    return struct([("tables", struct([(t.name, sparse_type(t.dim)) for t in spec.definition.tables])), ("dense", dense_t),
                     ("examples", tff.TensorType(np.float32)), ("loss", tff.TensorType(np.float32))])
 
 
@@ -129,13 +136,8 @@ def client_update(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
     ``rows`` maps each table to ``(keys, rows)``. The only thing that leaves a
     client, whichever way its rows arrived.
     """
-    import tensorflow as tf
-
     tables = table_names(spec)
-    private = [tf.zeros(shape, tf.float32) for _, shape in spec.definition.private]
-    start = [rows[t][1] for t in tables] + [dense[n] for n in dense_names(spec)] + private
-    end, loss = local_sgd(spec, start, x, work)
-    n = tf.cast(tf.shape(x["label"])[0], tf.float32)
+    start, end, loss, n = train_locally(spec, dense, {t: rows[t][1] for t in tables}, x, work)
     k = len(tables)
     return collections.OrderedDict(
         tables=collections.OrderedDict(
@@ -145,6 +147,20 @@ def client_update(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
         examples=n,
         loss=n * loss,
     )
+
+
+def train_locally(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
+    """Local SGD from ``rows`` (each table's starting rows) and the dense weights, device-private weights at zero.
+
+    Returns (start, end, mean loss, examples): ``start``/``end`` are flat weight
+    lists (tables, dense, private, in the spec's order).
+    """
+    import tensorflow as tf
+
+    private = [tf.zeros(shape, tf.float32) for _, shape in spec.definition.private]
+    start = [rows[t] for t in table_names(spec)] + [dense[n] for n in dense_names(spec)] + private
+    end, loss = local_sgd(spec, start, x, work)
+    return start, end, loss, tf.cast(tf.shape(x["label"])[0], tf.float32)
 
 
 def local_sgd(spec: ModelSpec, params: list, x, work: ClientWork):

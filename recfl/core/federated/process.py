@@ -134,11 +134,17 @@ class FederatedProcess:
             clients=len(clients),
             examples=int(examples),
             train_loss=train_loss if examples else float("nan"),
-            upload_bytes=sum(upload_bytes(c, self.spec) for c in clients),
-            download_bytes=sum(c.submodel.payload_bytes(state.params) for c in clients),
+            upload_bytes=self._upload_bytes(clients),
+            download_bytes=self._download_bytes(clients, state.params),
             seconds=time.perf_counter() - started,
         )
         return ServerState(new, state.round + 1), metrics
+
+    def _upload_bytes(self, clients: list[ClientData]) -> int:
+        return sum(upload_bytes(c, self.spec) for c in clients)
+
+    def _download_bytes(self, clients: list[ClientData], params: ModelParams) -> int:
+        return sum(c.submodel.payload_bytes(params) for c in clients)
 
     def _round(self, state: ServerState, clients: list[ClientData], seeds: list) -> tuple[ModelParams, float, float]:
         """The distributor: rows gathered here, chunks of clients over the workers; (new params, examples, mean loss)."""
@@ -200,6 +206,12 @@ def apply_update(spec: ModelSpec, params: ModelParams, parts: list[dict], coeffi
     for t in spec.definition.tables:
         ids, sums = _merge_sparse([p["tables"][t.name] for p in parts], t.dim)
         total["tables"][t.name] = {"ids": ids.astype(np.int32), "rows": sums.astype(np.float32)}
+    return apply_total(spec, params, total, coefficients, server_lr)
+
+
+def apply_total(spec: ModelSpec, params: ModelParams, total: dict, coefficients: RowCoefficients, server_lr: float) -> ModelParams:
+    """:func:`server_step` on NumPy weights and a round's summed uploads (the server keeps no device-private weights)."""
+    names = computations.dense_names(spec)
     tables, dense = server_step(params.tables, [params.dense[n] for n in names], coefficients.tables, total, names, server_lr)
     return ModelParams({k: np.asarray(v) for k, v in tables.items()}, {n: np.asarray(d) for n, d in zip(names, dense)},
                        {k: v.copy() for k, v in params.private.items()})

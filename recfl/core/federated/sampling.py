@@ -1,4 +1,4 @@
-"""Which clients take part in a round: availability (devices come and go) and uniform sampling.
+"""Which clients take part in a round: availability (devices come and go), uniform or Poisson sampling.
 
 All randomness is derived from ``(seed, round)``, so a resumed simulation
 samples exactly the clients the uninterrupted one would have.
@@ -50,3 +50,16 @@ def sample_clients(round_index: int, clients: int, per_round: int, availability:
     online = np.flatnonzero(availability.online(round_index, clients, seed))
     rng = np.random.default_rng([seed, round_index, 3])
     return np.sort(rng.choice(online, size=min(per_round, len(online)), replace=False))
+
+
+def sampling_rate(online: int, per_round: int) -> float:
+    """The chance that an online client joins a Poisson-sampled round: ``per_round`` expected of ``online``."""
+    return min(1.0, per_round / online) if online else 0.0
+
+
+def poisson_sample_clients(round_index: int, clients: int, per_round: int, availability: Availability, seed: int) -> np.ndarray:
+    """Sorted indices of the online clients that join, each independently with :func:`sampling_rate`
+    (the sampling differential-privacy accounting assumes; the round's size varies around ``per_round``)."""
+    online = np.flatnonzero(availability.online(round_index, clients, seed))
+    draw = np.random.default_rng([seed, round_index, 5]).random(len(online))
+    return online[draw < sampling_rate(len(online), per_round)]

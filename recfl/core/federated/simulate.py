@@ -27,6 +27,9 @@ from recfl.core.errors import RecflError
 from recfl.core.features import Encoder
 from recfl.core.federated.clients import Population
 from recfl.core.federated.computations import ClientWork
+from recfl.core.federated.privacy.accounting import Budget, plan
+from recfl.core.federated.privacy.process import PrivateProcess
+from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.process import (
     ALGORITHMS,
     FederatedProcess,
@@ -35,7 +38,7 @@ from recfl.core.federated.process import (
     ServerState,
 )
 from recfl.core.federated.runtime import Runtime
-from recfl.core.federated.sampling import Availability, sample_clients
+from recfl.core.federated.sampling import Availability, poisson_sample_clients, sample_clients
 from recfl.core.federated.tff_process import SelectProcess
 from recfl.core.metrics import ctr_metrics
 from recfl.core.models import (
@@ -122,8 +125,9 @@ def _metric_lines(path: Path, upto: int) -> list[str]:
 
 def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedConfig(), model_config: ModelConfig = ModelConfig(),
              init: Path | None = None, resume: bool = False, workers: list[str] | None = None,
-             users: np.ndarray | None = None, progress: bool = True) -> dict:
-    """Run (or resume) a simulation and return its summary."""
+             users: np.ndarray | None = None, progress: bool = True, privacy: PrivacyConfig = PrivacyConfig()) -> dict:
+    """Run (or resume) a simulation and return its summary; with ``privacy.enabled``, private rounds
+    (:mod:`recfl.core.federated.privacy`: Poisson-sampled clients, one secure aggregation per round)."""
     if fed.distributor == "select" and workers and len(workers) > 1:
         raise RecflError("federated.distributor = 'select' runs each round as one TFF computation on one worker; "
                          "use the 'host' distributor to spread rounds over several --workers")
@@ -135,6 +139,10 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
         "federated": {k: v for k, v in config.as_table(fed).items() if k not in ("rounds", "eval_every", "chunk_clients")},
         "model": config.as_table(model_config), "users": None if users is None else int(len(users)),
     }
+    if privacy.enabled:
+        if fed.distributor != "host":
+            raise RecflError("privacy.enabled needs federated.distributor = 'host' (its rounds gather the union's rows on the server)")
+        settings["privacy"] = config.as_table(privacy)
     checkpoint, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
     if checkpoint.is_file() and not resume:
         raise RecflError(f"{out} already holds a simulation; pass --resume to continue it or choose another --out")
@@ -150,11 +158,12 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
     test_users = population.user_ids
     test_events = data.test[data.test["user_id"].isin(test_users)]
     test = Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)(test_events, data.train)
+    budget = plan(privacy, fed.rounds, len(population), fed.clients_per_round, fed.available, fed.seed) if privacy.enabled else None
 
     with Runtime(workers, log_dir=out) as runtime:
-        heat = _heat(out, fed, population, spec, runtime)
+        heat = _heat(out, fed, population, spec, runtime, budget)
         coefficients = RowCoefficients.for_algorithm(fed.algorithm, spec, heat)
-        process = DISTRIBUTORS[fed.distributor](spec, fed.work, coefficients, runtime, fed.server_lr, fed.chunk_clients)
+        process = _process(spec, fed, coefficients, runtime, budget, fed.distributor)
         state = _load_checkpoint(checkpoint, spec) if resume and checkpoint.is_file() else process.initialize(_start(spec, model_config, init))
         lines = _metric_lines(metrics_path, state.round)
         metrics_path.write_text("".join(line + "\n" for line in lines))
@@ -163,7 +172,8 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
         bar = tqdm(total=fed.rounds, initial=state.round, desc=f"{fed.algorithm} rounds", unit="round", disable=not progress)
         while state.round < fed.rounds:
             started = time.perf_counter()
-            chosen = sample_clients(state.round, len(population), fed.clients_per_round, fed.available, fed.seed)
+            chosen = (poisson_sample_clients if budget else sample_clients)(state.round, len(population), fed.clients_per_round,
+                                                                            fed.available, fed.seed)
             state, metrics = process.next(state, population.clients(chosen, state.round), fed.seed)
             record = {**metrics.__dict__, "seconds": round(time.perf_counter() - started, 4)}
             if state.round % fed.eval_every == 0 or state.round == fed.rounds:
@@ -186,20 +196,30 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
         "mean_round_seconds": float(np.mean([r["seconds"] for r in history])) if history else None,
         "mean_upload_bytes_per_client": float(np.sum([r["upload_bytes"] for r in history]) / max(1, np.sum([r["clients"] for r in history]))),
         "model_dir": str(out / "model"),
+        **({"privacy": budget.report()} if budget else {}),
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
 
 
-def _heat(out: Path, fed: FederatedConfig, population: Population, spec: ModelSpec, runtime: Runtime) -> Heat | None:
-    """FedSubAvg's heat counts: gathered once over all clients, then read back on resume."""
+def _process(spec: ModelSpec, fed: FederatedConfig, coefficients: RowCoefficients, runtime: Runtime, budget: Budget | None,
+             distributor: str) -> FederatedProcess:
+    """The round driver: private rounds with a ``budget``, else the distributor's."""
+    if budget:
+        return PrivateProcess(spec, fed.work, coefficients, runtime, fed.server_lr, budget, fed.seed)
+    return DISTRIBUTORS[distributor](spec, fed.work, coefficients, runtime, fed.server_lr, fed.chunk_clients)
+
+
+def _heat(out: Path, fed: FederatedConfig, population: Population, spec: ModelSpec, runtime: Runtime,
+          budget: Budget | None = None) -> Heat | None:
+    """FedSubAvg's heat counts: gathered once over all clients (privately with a ``budget``), then read back on resume."""
     if fed.algorithm != "fedsubavg":
         return None
     path = out / "heat.npz"
     if path.is_file():
         with np.load(path) as npz:
             return Heat({t: npz[f"table_{t}"] for t, _ in spec.rows}, float(npz["total"]))
-    process = FederatedProcess(spec, fed.work, RowCoefficients.for_algorithm("fedavg", spec), runtime, chunk_clients=fed.chunk_clients)
+    process = _process(spec, fed, RowCoefficients.for_algorithm("fedavg", spec), runtime, budget, "host")
     step = 1000
     batches = (population.clients(np.arange(lo, min(lo + step, len(population)))) for lo in range(0, len(population), step))
     heat = process.heat(batches)
