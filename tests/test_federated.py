@@ -1,5 +1,5 @@
 """FedSubAvg / FedAvg in TFF: the aggregation rule against a NumPy reference, FedAvg
-equivalence, the privacy boundary, sampling, resume and a two-worker run."""
+equivalence, the privacy boundary, sampling and resume after a kill (workers: test_workers.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from recfl.core.federated.process import FederatedProcess, Heat, RowCoefficients
 from recfl.core.federated.sampling import Availability, sample_clients
 from recfl.core.model import ModelSpec, init_params, sgd_step
 from recfl.core.submodel import Submodel
+
+from federated_fixtures import SIM_ARGS, final_params
 
 SPEC = ModelSpec(item_rows=12, category_rows=5, embed_dim=3, hidden=(4,), history=2, max_categories=1)
 WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
@@ -194,25 +196,6 @@ def test_sampling_is_seeded_and_respects_availability():
     assert sample_clients(0, 5, 10, always, 0).tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from recfl.core.dataset import prepare
-    from recfl.core.formats import SyntheticSpec, load
-
-    return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
-                   tmp_path_factory.mktemp("fl") / "data", 0.2)
-
-
-SIM_ARGS = ["--rounds", "6", "--clients-per-round", "8", "--eval-every", "3", "--seed", "4",
-            "--set", "model.embed_dim=4", "--set", "model.hidden=[8]", "--set", "federated.chunk_clients=3"]
-
-
-def _final_params(run_dir):
-    from recfl.core.model import load_model
-
-    return load_model(run_dir / "model")[1].arrays()
-
-
 def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_path):
     import json
     import os
@@ -245,44 +228,6 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_p
     assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS, "--resume"]) == 0
     rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(_final_params(full), _final_params(killed)):
+    for a, b in zip(final_params(full), final_params(killed)):
         np.testing.assert_array_equal(a, b)
     assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS]) == 2  # refuses to overwrite
-
-
-def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path):
-    """Two `recfl worker` processes split each round's chunks and reach the one-worker result;
-    the TFF iterative process (federated_select) reaches it too."""
-    import signal
-    import subprocess
-    import sys
-
-    import psutil
-
-    from recfl.core.federated.runtime import free_port, wait_ready
-    from recfl.core.federated.simulate import FederatedConfig, simulate
-    from recfl.core.model import ModelConfig
-
-    fed = FederatedConfig(rounds=3, clients_per_round=8, eval_every=3, seed=4, chunk_clients=3)
-    model = ModelConfig(embed_dim=4, hidden=(8,))
-    simulate(small_data, tmp_path / "one", fed, model, progress=False)
-    ports = [free_port(), free_port()]
-    servers = [subprocess.Popen([sys.executable, "-m", "recfl", "worker", "--port", str(p)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for p in ports]
-    try:
-        for port in ports:
-            wait_ready(f"localhost:{port}", timeout=60)
-        binaries = [c for s in servers for c in psutil.Process(s.pid).children(recursive=True) if "worker_binary" in " ".join(c.cmdline())]
-        before = [b.cpu_times().user for b in binaries]
-        simulate(small_data, tmp_path / "two", fed, model, workers=[f"localhost:{p}" for p in ports], progress=False)
-        after = [b.cpu_times().user for b in binaries]
-    finally:
-        for server in servers:
-            server.send_signal(signal.SIGINT)
-        for server in servers:
-            assert server.wait(15) == 0  # Ctrl-C stops a worker cleanly
-    assert len(binaries) == 2 and all(b > a for a, b in zip(before, after))  # both workers computed
-    simulate(small_data, tmp_path / "select", FederatedConfig(**{**fed.__dict__, "distributor": "select"}), model, progress=False)
-    for one, two, select in zip(*(_final_params(tmp_path / d) for d in ("one", "two", "select"))):
-        np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(one, select, rtol=1e-5, atol=1e-6)
