@@ -87,17 +87,24 @@ class Served:
         psutil.wait_procs(self.processes(), timeout=10)
 
 
-def start_worker(log: Path, *args: str) -> Served:
-    """`recfl worker --port 0 ARGS`, once it serves (its first stdout line names the port)."""
-    marker = uuid.uuid4().hex
-    with open(log, "ab") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "recfl", "worker", "--port", "0", *args], stdout=subprocess.PIPE,
-                                   stderr=sink, env={**os.environ, "RECFL_TEST_WORKER": marker}, text=True)
-    line = process.stdout.readline()
-    if not line:
-        process.wait(30)
-        pytest.fail(f"recfl worker did not start (code {process.returncode}): {log.read_text()[-2000:]}")
-    return Served(process, int(re.search(r":(\d+) \(", line).group(1)), log, marker)
+def start_workers(logs: list[Path], *args: str) -> list[Served]:
+    """One `recfl worker --port 0 ARGS` per log, started together; returned once they serve
+    (the first stdout line names the port)."""
+    started = []
+    for log in logs:
+        marker = uuid.uuid4().hex
+        with open(log, "ab") as sink:
+            process = subprocess.Popen([sys.executable, "-m", "recfl", "worker", "--port", "0", *args], stdout=subprocess.PIPE,
+                                       stderr=sink, env={**os.environ, "RECFL_TEST_WORKER": marker}, text=True)
+        started.append((process, log, marker))
+    served = []
+    for process, log, marker in started:
+        line = process.stdout.readline()
+        if not line:
+            process.wait(30)
+            pytest.fail(f"recfl worker did not start (code {process.returncode}): {log.read_text()[-2000:]}")
+        served.append(Served(process, int(re.search(r":(\d+) \(", line).group(1)), log, marker))
+    return served
 
 
 @pytest.fixture
@@ -106,7 +113,7 @@ def workers(tmp_path):
     started: list[Served] = []
 
     def start(n: int = 1, *args: str) -> list[Served]:
-        new = [start_worker(tmp_path / f"worker{len(started) + k}.log", *args) for k in range(n)]
+        new = start_workers([tmp_path / f"worker{len(started) + k}.log" for k in range(n)], *args)
         started.extend(new)
         return new
 

@@ -65,15 +65,18 @@ class LocalWorker:
 
     def __init__(self, listener: socket.socket, address: str, isolate: bool = True, tls: TLSFiles | None = None,
                  log=None, cleanup: Path | None = None):
-        """``log``: where the worker's own messages go (a file, ``subprocess.DEVNULL``, None for this stderr)."""
+        """``log``: where the worker's own messages go (a file, None for this stderr); ``cleanup``: removed at stop."""
         self.address, self._cleanup = address, cleanup
-        command = [sys.executable, "-m", "recfl.core.federated.sandbox", "--listen-fd", str(listener.fileno()),
-                   "--binary", str(worker_binary()), *([] if isolate else ["--no-isolation"]), *(tls.args() if tls else [])]
         try:
+            command = [sys.executable, "-m", "recfl.core.federated.sandbox", "--listen-fd", str(listener.fileno()),
+                       "--binary", str(worker_binary()), *([] if isolate else ["--no-isolation"]), *(tls.args() if tls else [])]
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                             pass_fds=(listener.fileno(),), preexec_fn=die_with_parent(os.getpid()))
+        except BaseException:
+            self._remove_cleanup()
+            raise
         finally:
-            listener.close()
+            listener.close()  # the sandbox has its own copy
         atexit.register(self.stop)
         line = self._first_line(timeout=180)
         if not line.startswith("ready "):
@@ -88,7 +91,7 @@ class LocalWorker:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(folder / "worker.sock"))
         listener.listen(64)
-        with open(log_path, "ab") if log_path else open(os.devnull, "wb") as log:
+        with open(log_path or os.devnull, "ab") as log:
             return cls(listener, f"unix:{folder / 'worker.sock'}", isolate, log=log, cleanup=folder)
 
     def _first_line(self, timeout: float) -> str:
@@ -96,10 +99,6 @@ class LocalWorker:
         line = self.process.stdout.readline().decode().strip() if ready else f"error: TFF worker not started after {timeout:.0f}s"
         self.process.stdout.close()
         return line
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -109,6 +108,9 @@ class LocalWorker:
             except subprocess.TimeoutExpired:
                 self.process.kill()  # the worker dies with it
                 self.process.wait()
+        self._remove_cleanup()
+
+    def _remove_cleanup(self) -> None:
         if self._cleanup is not None:
             shutil.rmtree(self._cleanup, ignore_errors=True)
 

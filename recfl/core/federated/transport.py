@@ -23,6 +23,7 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 2_000_000_000),
     ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per channel: a lost one stays lost
 ]
+_DISPOSE_TIMEOUT = 10.0
 # Codes that mean the worker is gone or stuck, not that the computation failed.
 _LOST = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "FAILED_PRECONDITION")
 
@@ -69,26 +70,25 @@ def channel(address: str, tls: TLSFiles | None = None):
 
 
 def answers(address: str, tls: TLSFiles | None, timeout: float) -> bool:
-    """Whether a gRPC server answers at ``address`` (any answer, UNIMPLEMENTED included, proves the path)."""
+    """Whether a gRPC server answers at ``address`` now (any answer, UNIMPLEMENTED included, proves the path)."""
     import grpc
 
     with channel(address, tls) as probe:
         try:
-            probe.unary_unary("/recfl.Probe/Ready")(b"", timeout=timeout, wait_for_ready=True)
+            probe.unary_unary("/recfl.Probe/Ready")(b"", timeout=timeout)
         except grpc.RpcError as exc:
             return exc.code() == grpc.StatusCode.UNIMPLEMENTED
     return True
 
 
-def wait_ready(address: str, timeout: float, tls: TLSFiles | None = None, alive=lambda: True) -> None:
+def wait_ready(address: str, timeout: float, tls: TLSFiles | None = None) -> None:
     """Block until the worker at ``address`` answers, or fail with a clear error."""
     deadline = time.monotonic() + timeout
-    while not answers(address, tls, timeout=min(2.0, timeout)):
-        if not alive():
-            raise WorkerFailed(f"TFF worker {address} stopped while starting")
+    while not answers(address, tls, timeout=5):
         if time.monotonic() > deadline:
             hint = " (or refuses this client's certificate; see --tls-*)" if tls else ""
             raise WorkerFailed(f"TFF worker {address} not reachable after {timeout:.0f}s{hint}")
+        time.sleep(0.5)
 
 
 class DeadlineStub:
@@ -99,19 +99,23 @@ class DeadlineStub:
 
         self._rpc = executor_pb2_grpc.ExecutorGroupStub(grpc_channel)
         self.address, self.timeout = address, timeout
+        self._lost: str | None = None  # once lost, a worker is not called again (no second wait on a hung one)
 
-    def _call(self, method: str, request):
+    def _call(self, method: str, request, timeout: float | None = None):
         import grpc
 
+        if self._lost:
+            raise WorkerLost(self._lost)
         try:
-            return getattr(self._rpc, method)(request, timeout=self.timeout)
+            return getattr(self._rpc, method)(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
-            if exc.code().name in _LOST:
-                raise WorkerLost(f"TFF worker {self.address} lost ({reason})") from None
-            raise WorkerFailed(f"TFF worker {self.address} failed a call ({reason})") from None
+            if exc.code().name not in _LOST:
+                raise WorkerFailed(f"TFF worker {self.address} failed a call ({reason})") from None
         except ValueError as exc:  # the channel was closed under the call (the runtime is shutting down)
-            raise WorkerLost(f"TFF worker {self.address} lost ({exc})") from None
+            reason = str(exc)
+        self._lost = f"TFF worker {self.address} lost ({reason})"
+        raise WorkerLost(self._lost)
 
     def get_executor(self, request):
         return self._call("GetExecutor", request)
@@ -132,14 +136,14 @@ class DeadlineStub:
         return self._call("Compute", request)
 
     def dispose(self, request):
-        """Best effort: values of a lost worker are gone with it."""
-        try:
-            return self._call("Dispose", request)
-        except WorkerFailed:
-            return None
+        return self._dispose("Dispose", request)
 
     def dispose_executor(self, request):
+        return self._dispose("DisposeExecutor", request)
+
+    def _dispose(self, method: str, request):
+        """Best effort and brief (it may run wherever a value is garbage-collected): a lost worker's values are gone with it."""
         try:
-            return self._call("DisposeExecutor", request)
+            return self._call(method, request, timeout=min(self.timeout, _DISPOSE_TIMEOUT))
         except WorkerFailed:
             return None
