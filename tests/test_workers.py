@@ -42,8 +42,17 @@ def _args(data, out: Path, rounds: int = ROUNDS) -> list[str]:
     return ["simulate", "--data", str(data.root), "--out", str(out), *SIM_ARGS, "--rounds", str(rounds)]
 
 
-def _simulate(args: list[str], stderr) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recfl", *args], stdout=subprocess.DEVNULL, stderr=stderr)
+def _disturbed_run(args: list[str], run: Path, log: Path, disturb, after: int = 3) -> int:
+    """`recfl ARGS` (a simulation into ``run``, stderr to ``log``); ``disturb(process)`` once ``after`` rounds
+    are done; the exit code."""
+    with open(log, "wb") as err:
+        sim = subprocess.Popen([sys.executable, "-m", "recfl", *args], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_for_rounds(run, after, sim)
+            disturb(sim)
+            return sim.wait(300)
+        finally:
+            sim.kill()
 
 
 def _messages(log: Path) -> list[str]:
@@ -88,14 +97,8 @@ def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path, workers)
 def test_a_killed_worker_s_chunks_move_to_the_other_worker(small_data, tmp_path, workers, undisturbed):
     a, b = workers(2)
     run, log = tmp_path / "run", tmp_path / "simulate.err"
-    with open(log, "wb") as err:
-        sim = _simulate([*_args(small_data, run), "--workers", f"localhost:{a.port},localhost:{b.port}"], err)
-        try:
-            wait_for_rounds(run, 3, sim)
-            b.binary().kill()
-            assert sim.wait(300) == 0
-        finally:
-            sim.kill()
+    args = [*_args(small_data, run), "--workers", f"localhost:{a.port},localhost:{b.port}"]
+    assert _disturbed_run(args, run, log, lambda _: b.binary().kill()) == 0
     assert metrics_rounds(run) == list(range(1, ROUNDS + 1))
     _assert_same_model(run, undisturbed)
     lost = [line for line in _messages(log) if "lost" in line]
@@ -107,14 +110,8 @@ def test_a_killed_worker_s_chunks_move_to_the_other_worker(small_data, tmp_path,
 def test_a_run_that_loses_its_only_worker_stops_clearly_and_resumes(small_data, tmp_path, workers, undisturbed):
     (served,) = workers(1)
     run, log = tmp_path / "run", tmp_path / "simulate.err"
-    with open(log, "wb") as err:
-        sim = _simulate([*_args(small_data, run), "--workers", f"localhost:{served.port}"], err)
-        try:
-            wait_for_rounds(run, 3, sim)
-            served.binary().kill()
-            assert sim.wait(300) == 1
-        finally:
-            sim.kill()
+    assert _disturbed_run([*_args(small_data, run), "--workers", f"localhost:{served.port}"], run, log,
+                          lambda _: served.binary().kill()) == 1
     messages = _messages(log)
     assert not any("Traceback" in line for line in messages)
     (error,) = [line for line in messages if line.startswith("recfl: error:")]
@@ -155,17 +152,14 @@ def test_stopping_recfl_worker_takes_its_binary_down(workers, signum):
 
 
 def test_ctrl_c_stops_simulate_without_a_traceback(small_data, tmp_path):
-    run, log = tmp_path / "run", tmp_path / "simulate.err"
-    with open(log, "wb") as err:
-        sim = _simulate(_args(small_data, run, rounds=100_000), err)
-        try:
-            wait_for_rounds(run, 2, sim)
-            helpers = psutil.Process(sim.pid).children(recursive=True)
-            assert any(p.name() == "worker_binary" for p in helpers)
-            sim.send_signal(signal.SIGINT)
-            assert sim.wait(120) == 130
-        finally:
-            sim.kill()
+    run, log, helpers = tmp_path / "run", tmp_path / "simulate.err", []
+
+    def interrupt(sim):
+        helpers.extend(psutil.Process(sim.pid).children(recursive=True))
+        assert any(p.name() == "worker_binary" for p in helpers)
+        sim.send_signal(signal.SIGINT)
+
+    assert _disturbed_run(_args(small_data, run, rounds=100_000), run, log, interrupt, after=2) == 130
     messages = _messages(log)
     assert messages[-1] == "recfl: interrupted" and not any("Traceback" in line or "Error" in line for line in messages)
     assert psutil.wait_procs(helpers, timeout=10)[1] == []
