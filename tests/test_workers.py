@@ -143,6 +143,8 @@ def test_stopping_recfl_worker_takes_its_binary_down(workers, signum):
     (served,) = workers(1)
     processes = served.processes()
     assert {p.name() for p in processes} >= {"worker_binary"} and len(processes) == 3  # recfl worker, sandbox, binary
+    for proc in processes:  # no TensorFlow in recfl's own processes: a signal never waits on a long import
+        assert proc.name() == "worker_binary" or not any("tensorflow" in m.path for m in proc.memory_maps())
     served.process.send_signal(signum)
     code = served.process.wait(30)
     assert psutil.wait_procs(processes, timeout=10)[1] == [] and served.processes() == []

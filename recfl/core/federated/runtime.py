@@ -242,8 +242,6 @@ def serve(host: str, port: int, tls: TLSFiles | None = None) -> int:
     if tls is None and not is_loopback(host):
         raise RecflError(f"--listen {host} exposes the worker beyond this machine: give --tls-cert, --tls-key and --tls-ca "
                          "(mutual TLS), since anyone who reaches it can run TensorFlow graphs here")
-    if tls is not None:
-        tls.read()  # a missing file is a clear error here, not in the sandbox
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     listener = socket.create_server(sockaddr[:2], family=family, backlog=128)
     port = listener.getsockname()[1]  # --port 0: one the system chose
