@@ -60,6 +60,10 @@ def worker_binary() -> Path:
     return path
 
 
+class NoNamespace(WorkerFailed):
+    """This machine refuses the worker a network namespace of its own."""
+
+
 class LocalWorker:
     """A ``worker_binary`` on this machine, served only on ``listener`` (see ``sandbox``); stopped at exit."""
 
@@ -78,11 +82,12 @@ class LocalWorker:
         finally:
             listener.close()  # the sandbox has its own copy
         atexit.register(self.stop)
-        line = self._first_line(timeout=180)
-        if not line.startswith("ready "):
+        kind, _, text = self._first_line(timeout=180).partition(" ")
+        if kind != "ready":
             self.stop()
-            raise WorkerFailed(line.removeprefix("error: ") or f"TFF worker sandbox exited with code {self.process.returncode}")
-        self.binary_pid = int(line.split()[1])
+            failure = NoNamespace if kind == "no-namespace:" else WorkerFailed
+            raise failure(text if kind.endswith(":") else f"TFF worker sandbox exited with code {self.process.returncode}")
+        self.binary_pid = int(text)
 
     @classmethod
     def private(cls, isolate: bool = True, log_path: Path | None = None) -> "LocalWorker":
@@ -92,11 +97,15 @@ class LocalWorker:
         listener.bind(str(folder / "worker.sock"))
         listener.listen(64)
         with open(log_path or os.devnull, "ab") as log:
-            return cls(listener, f"unix:{folder / 'worker.sock'}", isolate, log=log, cleanup=folder)
+            try:
+                return cls(listener, f"unix:{folder / 'worker.sock'}", isolate, log=log, cleanup=folder)
+            except NoNamespace as exc:
+                raise NoNamespace(f"{exc}, or, knowing that the worker then accepts TensorFlow graphs from anyone who "
+                                  "reaches this machine, set federated.worker_isolation = \"none\"") from None
 
     def _first_line(self, timeout: float) -> str:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline().decode().strip() if ready else f"error: TFF worker not started after {timeout:.0f}s"
+        line = self.process.stdout.readline().decode().strip() if ready else f"error: TFF worker not started within {timeout:.0f}s"
         self.process.stdout.close()
         return line
 

@@ -14,7 +14,8 @@ byte for byte (asyncio streams; the standard library has no socket relay).
 It runs as ``python -m recfl.core.federated.sandbox`` and imports only the
 standard library, so it is single-threaded when it unshares (the kernel
 refuses a new user namespace to a multi-threaded process). Its first line
-on stdout is ``ready PID`` (the worker's process id) or ``error: REASON``.
+on stdout is ``ready PID`` (the worker's process id), ``no-namespace: REASON``
+or ``error: REASON``.
 The worker dies with it, and it with its parent, even on SIGKILL.
 """
 
@@ -47,6 +48,10 @@ class SandboxError(Exception):
     """The worker could not be isolated or started."""
 
 
+class NoNamespace(SandboxError):
+    """The kernel refuses a new user or network namespace here."""
+
+
 def die_with_parent(parent: int):
     """A ``preexec_fn`` that ties the child to ``parent`` (SIGKILL when it dies) in a process group of its own."""
 
@@ -65,11 +70,10 @@ def isolate() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
         reason = os.strerror(ctypes.get_errno())
-        raise SandboxError(
+        raise NoNamespace(
             f"cannot give the TFF worker a network namespace of its own (unshare: {reason}); allow unprivileged "
             "user namespaces (sysctl user.max_user_namespaces > 0; on Ubuntu also "
-            "kernel.apparmor_restrict_unprivileged_userns = 0) or, knowing that the worker then accepts "
-            "TensorFlow graphs from anyone who reaches this machine, set federated.worker_isolation = \"none\"")
+            "kernel.apparmor_restrict_unprivileged_userns = 0)")
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             isolate()
         worker, port = _start_worker(args.binary, timeout=120)
     except (SandboxError, OSError, ssl.SSLError) as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"{'no-namespace' if isinstance(exc, NoNamespace) else 'error'}: {exc}", flush=True)
         return 1
     print(f"ready {worker.pid}", flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing more for the parent to read
