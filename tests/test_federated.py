@@ -17,7 +17,7 @@ from recfl.core.federated.sampling import Availability, sample_clients
 from recfl.core.model import ModelSpec, init_params, sgd_step
 from recfl.core.submodel import Submodel
 
-from federated_fixtures import SIM_ARGS, final_params
+from federated_fixtures import SIM_ARGS, final_params, metrics_rounds, wait_for_rounds
 
 SPEC = ModelSpec(item_rows=12, category_rows=5, embed_dim=3, hidden=(4,), history=2, max_categories=1)
 WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
@@ -197,37 +197,33 @@ def test_sampling_is_seeded_and_respects_availability():
 
 
 def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_path):
-    import json
-    import os
-    import signal
+    """A simulation SIGKILLed mid-run takes its local worker down (and its socket's folder), and
+    --resume ends with the model of an uninterrupted run."""
     import subprocess
     import sys
-    import time
+    from pathlib import Path
 
     import psutil
 
     from recfl.app.cli import main
 
     full, killed = tmp_path / "full", tmp_path / "killed"
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(full), *SIM_ARGS]) == 0
-    cmd = [sys.executable, "-m", "recfl", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS,
-           "--set", "federated.rounds=1000"]
+    twelve = [*SIM_ARGS, "--rounds", "12"]
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(full), *twelve]) == 0
+    cmd = [sys.executable, "-m", "recfl", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS, "--rounds", "1000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        lines = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
-        if len(lines) >= 3:
-            break
-        time.sleep(0.2)
-    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "worker_binary" in " ".join(c.cmdline())]
-    os.kill(proc.pid, signal.SIGKILL)
+    wait_for_rounds(killed, 3, proc)
+    helpers = psutil.Process(proc.pid).children(recursive=True)  # the sandbox and its worker_binary
+    (sandbox,) = [p.cmdline() for p in helpers if "recfl.core.federated.sandbox" in p.cmdline()]
+    assert "worker_binary" in {p.name() for p in helpers}
+    proc.kill()
     proc.wait()
-    assert workers and psutil.wait_procs(workers, timeout=10)[1] == []  # the TFF worker died with its parent
-    done = json.loads((killed / "metrics.jsonl").read_text().splitlines()[-1])["round"]
-    assert 3 <= done < 6
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS, "--resume"]) == 0
-    rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [1, 2, 3, 4, 5, 6]
+    assert psutil.wait_procs(helpers, timeout=10)[1] == []
+    assert not Path(sandbox[sandbox.index("--remove-on-exit") + 1]).exists()  # nothing left behind in /tmp
+    done = metrics_rounds(killed)[-1]
+    assert 3 <= done < 12
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *twelve, "--resume"]) == 0
+    assert metrics_rounds(killed) == list(range(1, 13))
     for a, b in zip(final_params(full), final_params(killed)):
         np.testing.assert_array_equal(a, b)
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS]) == 2  # refuses to overwrite
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *twelve]) == 2  # refuses to overwrite

@@ -73,9 +73,10 @@ class LocalWorker:
         self.address, self._cleanup = address, cleanup
         try:
             command = [sys.executable, "-m", "recfl.core.federated.sandbox", "--listen-fd", str(listener.fileno()),
-                       "--binary", str(worker_binary()), *([] if isolate else ["--no-isolation"]), *(tls.args() if tls else [])]
+                       "--binary", str(worker_binary()), *([] if isolate else ["--no-isolation"]), *(tls.args() if tls else []),
+                       *(["--remove-on-exit", str(cleanup)] if cleanup else [])]
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                            pass_fds=(listener.fileno(),), preexec_fn=die_with_parent(os.getpid()))
+                                            pass_fds=(listener.fileno(),), preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM))
         except BaseException:
             self._remove_cleanup()
             raise

@@ -16,7 +16,8 @@ standard library, so it is single-threaded when it unshares (the kernel
 refuses a new user namespace to a multi-threaded process). Its first line
 on stdout is ``ready PID`` (the worker's process id), ``no-namespace: REASON``
 or ``error: REASON``.
-The worker dies with it, and it with its parent, even on SIGKILL.
+The worker dies with it (SIGKILL), and it with its parent, even when the parent is
+SIGKILLed (it gets a SIGTERM then, so that it removes its socket's folder).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -52,11 +54,11 @@ class NoNamespace(SandboxError):
     """The kernel refuses a new user or network namespace here."""
 
 
-def die_with_parent(parent: int):
-    """A ``preexec_fn`` that ties the child to ``parent`` (SIGKILL when it dies) in a process group of its own."""
+def die_with_parent(parent: int, signum: int = signal.SIGKILL):
+    """A ``preexec_fn`` that ties the child to ``parent`` (``signum`` when it dies) in a process group of its own."""
 
     def setup():
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
         os.setpgrp()  # Ctrl-C in the terminal reaches the parent only, which stops its children in order
@@ -171,22 +173,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-ca", help="CA that signed the client certificates")
+    parser.add_argument("--remove-on-exit", metavar="DIR", help="the folder of the listening socket, removed at exit")
     args = parser.parse_args(argv)
-    for signum in _STOP_SIGNALS:  # a stop before the worker runs: exit quietly (it dies with us)
-        signal.signal(signum, lambda *_: os._exit(0))
+    for signum in _STOP_SIGNALS:  # a stop before the worker serves: exit (it dies with us), still removing DIR
+        signal.signal(signum, _exit)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     listener = socket.socket(fileno=args.listen_fd)
     try:
-        tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-        if not args.no_isolation:
-            isolate()
-        worker, port = _start_worker(args.binary, timeout=120)
-    except (SandboxError, OSError, ssl.SSLError) as exc:
-        print(f"{'no-namespace' if isinstance(exc, NoNamespace) else 'error'}: {exc}", flush=True)
-        return 1
-    print(f"ready {worker.pid}", flush=True)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing more for the parent to read
-    return asyncio.run(_serve(listener, worker, port, tls))
+        try:
+            tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+            if not args.no_isolation:
+                isolate()
+            worker, port = _start_worker(args.binary, timeout=120)
+        except (SandboxError, OSError, ssl.SSLError) as exc:
+            print(f"{'no-namespace' if isinstance(exc, NoNamespace) else 'error'}: {exc}", flush=True)
+            return 1
+        print(f"ready {worker.pid}", flush=True)
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing more for the parent to read
+        return asyncio.run(_serve(listener, worker, port, tls))
+    finally:
+        if args.remove_on_exit:
+            shutil.rmtree(args.remove_on_exit, ignore_errors=True)
+
+
+def _exit(*_) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
