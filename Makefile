@@ -4,12 +4,22 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEVICE_VENV := .venv-device
+DEVICE_STAMP := $(DEVICE_VENV)/.installed
 TFF := tensorflow-federated==0.87.0
 OUT ?= runs/demo
 
-.PHONY: venv demo test test-heavy bench clean-venv
+.PHONY: venv venv-device demo test test-heavy bench clean-venv
 
 venv: $(STAMP)
+
+# The device side alone (tflite-runtime + numpy, no TensorFlow): the no-TensorFlow test runs the device program there.
+venv-device: $(DEVICE_STAMP)
+
+$(DEVICE_STAMP): requirements/device-lock.txt
+	@test -x $(DEVICE_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install --quiet -r requirements/device-lock.txt
+	@touch $@
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,15 +32,15 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/recfl run --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) $(DEVICE_STAMP)
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -m "not heavy" -q
 
-test-heavy: $(STAMP)
+test-heavy: $(STAMP) $(DEVICE_STAMP)
 	$(BIN)/python -m pytest -m heavy -q
 
 bench: $(STAMP)
 	$(BIN)/recfl bench
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(DEVICE_VENV)

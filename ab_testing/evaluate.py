@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,7 @@ class AbConfig:
     buckets: int = 100
     salt: str = "recfl-ab"
     metrics: tuple[str, ...] = ("auc", "gauc", "logloss", "hr@10", "ndcg@10")
+    primary: str = "gauc"  # the headline metric of `recfl run` (evaluated even when not in metrics)
     bootstrap: int = 1000  # resamples of users
     seed: int = 0
     confidence: float = 0.95
@@ -61,6 +62,17 @@ class AbConfig:
         if self.correction not in CORRECTIONS:
             raise RecflError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
         check_limits(self, "ab", bootstrap=">= 2", confidence="(0, 1)", buckets=">= 1", srm_alpha="(0, 1)", segment_bounds=">= 0")
+        try:
+            (primary,) = parse_metrics((self.primary,))
+        except RecflError as exc:
+            raise RecflError(f"config: ab.primary: {exc}") from None
+        object.__setattr__(self, "primary", primary.name)
+
+    @property
+    def with_primary(self) -> "AbConfig":
+        """This config with the primary metric first among the metrics (added if missing)."""
+        names = [m.name for m in parse_metrics(self.metrics)]
+        return replace(self, metrics=(self.primary, *[n for n in names if n != self.primary]))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
 from recfl.core.features import Encoder, Examples
 from recfl.core.metrics import ctr_metrics
-from recfl.core.model import ModelParams, ModelSpec, load_model, predict
+from recfl.core.models import ModelParams, ModelSpec, load_model, predict
 from recfl.core.pool import load_split, open_store
 from recfl.core.schema import predictions_table
 from recfl.core.submodel import Submodel
@@ -94,7 +94,13 @@ class DeviceContext:
 
     @property
     def knowledge(self) -> ItemKnowledge:
-        return ItemKnowledge(self.data.item_vocab, self.data.category_vocab, self.params.item_emb)
+        return ItemKnowledge(self.data.item_vocab, self.data.category_vocab, item_embeddings(self.spec, self.params))
+
+
+def item_embeddings(spec: ModelSpec, params: ModelParams) -> np.ndarray | None:
+    """The cloud model's item embeddings (its first table over the item vocabulary), if it has one."""
+    table = next((t.name for t in spec.definition.tables if t.vocabulary == "items"), None)
+    return None if table is None else params.tables[table]
 
 
 def validation_split(n: int, fraction: float) -> int:
@@ -102,13 +108,14 @@ def validation_split(n: int, fraction: float) -> int:
     return 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
 
 
-def capacity_prefix(base: Submodel, candidates: Examples, capacity: tuple[int, int]) -> int:
+def capacity_prefix(base: Submodel, candidates: Examples, capacity: dict[str, int]) -> int:
     """How many leading ``candidates`` fit beside ``base``'s rows within ``capacity`` rows per table."""
     fits = np.full(len(candidates), True)
-    for held, values, cap in ((base.item_rows, np.column_stack([candidates.item, candidates.hist]), capacity[0]),
-                              (base.cat_rows, candidates.cats, capacity[1])):
+    for table, held in base.rows.items():
+        fields = [f for f, t in base.fields.items() if t == table]
+        values, cap = np.column_stack([_columns(getattr(candidates, f)) for f in fields]), capacity[table]
         if len(held) > cap:
-            raise RecflError(f"a device needs {len(held)} rows for its own events but the capacity is {cap}; "
+            raise RecflError(f"a device needs {len(held)} {table} rows for its own events but the capacity is {cap}; "
                              "raise finetune.item_capacity / finetune.category_capacity")
         owner = np.repeat(np.arange(len(candidates)), values.shape[1])
         flat = values.ravel()
@@ -119,45 +126,55 @@ def capacity_prefix(base: Submodel, candidates: Examples, capacity: tuple[int, i
     return int(np.argmin(fits)) if not fits.all() else len(candidates)
 
 
+def _columns(values: np.ndarray) -> np.ndarray:
+    """A field as a 2-D array of row ids (one row per example)."""
+    return values.reshape(len(values), int(np.prod(values.shape[1:])))
+
+
 def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict]:
     """Filter (coda), build the submodel, fine-tune in TFLite, save the device model, score the test events."""
     started = time.perf_counter()
     cfg = ctx.finetune_config
-    local = task.local.sort_values(["timestamp", "event_id"], kind="stable")
+    # the user's events, plus sampled negatives drawn on the device when the data set's rule asks for them
+    local = ctx.data.with_training_negatives(task.local, ("device", task.user_id)).sort_values(["timestamp", "event_id"], kind="stable")
     local_ex = ctx.encode(local, local)
     test_ex = ctx.encode(task.test, local)
-    report: dict = {"user_id": task.user_id, "arm": ctx.arm, "local_events": len(local), "test_events": len(task.test)}
+    report: dict = {"user_id": task.user_id, "arm": ctx.arm, "local_events": len(task.local), "test_events": len(task.test)}
 
     candidates, cand_ex = task.candidates, task.candidate_examples
     if ctx.arm == "local":
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
     report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
+    weight = np.ones(len(candidates))
     if ctx.arm == "coda":
         result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config, local_ex.hist, cand_ex.hist)
         report.update(result.report())
-        candidates, cand_ex = candidates[result.keep], cand_ex.take(result.keep)
+        candidates, cand_ex, weight = candidates[result.keep], cand_ex.take(result.keep), result.weight[result.keep]
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
+    cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
     cand_ex = cand_ex.take(np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable"))
-    base = Submodel.covering(local_ex, test_ex)
-    fit_n = capacity_prefix(base, cand_ex, (cfg.item_capacity, cfg.category_capacity))
+    capacity = cfg.capacity(ctx.spec)
+    base = Submodel.covering(ctx.spec, local_ex, test_ex)
+    fit_n = capacity_prefix(base, cand_ex, capacity)
     cand_ex = cand_ex.take(slice(0, fit_n))
-    sub = Submodel.covering(local_ex, test_ex, cand_ex)
-    report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, item_rows=sub.sizes[0],
-                  category_rows=sub.sizes[1], submodel_bytes=sub.payload_bytes(ctx.params))
+    sub = Submodel.covering(ctx.spec, local_ex, test_ex, cand_ex)
+    report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, submodel_bytes=sub.payload_bytes(ctx.params),
+                  **{f"{table}_rows": rows for table, rows in sub.sizes.items()})
 
     n_val = validation_split(len(local_ex), cfg.val_fraction)
-    fit = Examples.concat([sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)])
+    own, cands = sub.localize(local_ex.take(slice(0, len(local_ex) - n_val))), sub.localize(cand_ex)
     val = sub.localize(local_ex.take(slice(len(local_ex) - n_val, None)))
-    ctx.trainer.set_params(sub.extract(ctx.params, (cfg.item_capacity, cfg.category_capacity)))
+    ctx.trainer.set_params(sub.extract(ctx.params, capacity), anchor=True)
     rng = np.random.default_rng([cfg.seed, task.user_id])
-    tuned = finetune(ctx.trainer, fit, val, cfg, rng)
-    checkpoint = ctx.device_dir / f"{task.user_id}.ckpt"
+    phases = [Examples.concat([own, cands])] if cfg.schedule == "joint" or not len(cands) else [cands, own]
+    tuned = [finetune(ctx.trainer, fit, val, cfg, rng) for fit in phases][-1]
+    checkpoint = ctx.device_dir / f"{task.user_id}.weights.npz"
     ctx.trainer.save(checkpoint)  # the personalized model stays on the device
-    np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", item_rows=sub.item_rows, cat_rows=sub.cat_rows)
+    np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", **sub.rows)
     ctx.trainer.restore(checkpoint)
     scores = ctx.trainer.predict(sub.localize(test_ex))
-    report.update(fit_events=len(fit), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
+    report.update(fit_events=sum(len(f) for f in phases), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
                   steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),
                   val_loss_best=min(tuned.val_losses) if tuned.val_losses else float("nan"),
                   finetune_seconds=round(tuned.seconds, 4), seconds=round(time.perf_counter() - started, 4))
@@ -179,7 +196,7 @@ class WorkerSettings:
     def context(self) -> DeviceContext:
         spec, params = load_model(self.model_dir)
         cfg = self.finetune_config
-        trainer = DeviceTrainer(self.tflite_path, spec.with_rows(cfg.item_capacity, cfg.category_capacity))
+        trainer = DeviceTrainer(self.tflite_path, cfg.program_spec(spec))
         data = PreparedDataset(self.data_dir)
         return DeviceContext(self.arm, data, spec, params, trainer, _encoder(data, spec), self.filter_config, cfg,
                              self.device_dir)
@@ -231,9 +248,8 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         frames, reports = [predictions_table(test, predict(spec, params, examples.inputs()), arm)], []
     else:
         cache_dir = Path(cache_dir) if cache_dir is not None else Path(model_dir) / "tflite"
-        capacity_spec = spec.with_rows(finetune_config.item_capacity, finetune_config.category_capacity)
         before = len(conversions(cache_dir))
-        tflite_path = export(capacity_spec, cache_dir)
+        tflite_path = export(finetune_config.program_spec(spec), cache_dir, finetune_config.batch_size, finetune_config.ops)
         summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
@@ -308,7 +324,9 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
     encode = _encoder(data, spec)
     for lo in range(0, len(users), CHUNK_USERS):
         chunk = users[lo : lo + CHUNK_USERS]
-        matched = candidates(chunk).reset_index(drop=True) if needs_candidates else None
+        matched = None
+        if needs_candidates:  # with sampled negatives for their positives when the data set's rule asks for them
+            matched = data.with_training_negatives(candidates(chunk), ("candidates",)).reset_index(drop=True)
         if matched is not None:
             examples = encode(matched, pool)
             groups = matched.groupby("target_user_id", sort=False).indices
@@ -318,17 +336,12 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
                 cands, cand_ex = matched.iloc[rows].reset_index(drop=True), examples.take(rows)
             else:
                 cands = empty.assign(similarity=np.zeros(0), target_user_id=np.zeros(0, np.int64))
-                cand_ex = _no_examples(spec)
+                cand_ex = Examples.empty(spec.features)
             yield DeviceTask(user, by_user_train.get(user, empty), by_user_test[user], cands, cand_ex)
 
 
 def _encoder(data: PreparedDataset, spec: ModelSpec) -> Encoder:
     return Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)
-
-
-def _no_examples(spec: ModelSpec) -> Examples:
-    return Examples(np.zeros(0, np.int32), np.zeros((0, spec.max_categories), np.int32), np.zeros((0, spec.history), np.int32),
-                    np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _summarize(per_user: pd.DataFrame) -> dict:

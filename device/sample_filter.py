@@ -13,15 +13,33 @@ to equal total weight, so a score of 0.5 means "as likely local as not".
 Features (``features``, any of :data:`FEATURES`): item, category and
 behaviour (categorical; ids as vocabulary rows), hour of day, day of week,
 label, item popularity (log training count), the cloud model's item
-embedding, and ``history``: the mean cloud embedding of the sample's
-clicked-history items (whose context the sample comes from). The default
-leaves out the context features: on MovieLens the timestamp is when a
-rating was typed, so hour and weekday identify the user's rating sessions
-(out-of-fold AUC 1.0), and the history tells whose sample it is (AUC 0.98);
-keeping candidates by them did not help (README).
+embedding, ``affinity``: the cosine between the item's cloud embedding and
+the user's taste (the mean embedding of the user's own positive items),
+``category_share``: the share of the user's own events in the sample's
+category, ``time_gap``: log days between the sample and the median time of
+the user's own events, ``context``: the cosine between the sample's
+clicked history (mean embedding; whose context it comes from) and the
+user's taste, and ``history``: the mean cloud embedding of the sample's
+clicked-history items (whose context the sample comes from). The context
+features tell whose sample it is rather than whether it resembles the
+user's data: on MovieLens hour and weekday identify the user's rating
+sessions (out-of-fold AUC 1.0) and the history the owner (AUC 0.98), and a
+raw item id is anti-signal (a user rates a movie once, so a held-out local
+item was only ever seen among the candidates); see the README. Taste and
+category share leave out the user's own events of the sample's item, for a
+local sample and a candidate alike, and are cross-fitted: a sample of fold
+``j`` is compared with the user's local events of the other folds only. A
+feature that treated the two classes differently (a local sample is a
+member of the user's events, a candidate is not) would separate them by
+that treatment alone.
 
 Keep rule: the top ``keep_fraction`` of candidates by score, or every
-candidate scoring at least ``threshold``. Fallback: with fewer than
+candidate scoring at least ``threshold``. With ``weighting = "odds"`` the
+classifier is also a density-ratio estimator: a kept candidate's loss
+weight is its odds ``s / (1 - s)`` (an estimate of p_local(x) / p_cand(x),
+since the classes are weighted to equal totals), clipped to
+``weight_clip`` and normalized to mean 1 over the kept candidates, as in
+covariate-shift correction. Fallback: with fewer than
 ``min_local`` local samples, or fewer candidates or local samples than
 ``folds``, no classifier is trained; ``fallback = "similarity"`` keeps the top
 ``keep_fraction`` by coarse-matching similarity (ties keep table order),
@@ -43,7 +61,10 @@ from recfl.core.vocab import Vocabulary
 
 CLASSIFIER, FALLBACK, NO_CANDIDATES = "classifier", "fallback", "no_candidates"
 CATEGORICAL = ("item", "category", "behavior")
-FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "embedding", "history")
+FEATURES = (*CATEGORICAL, "hour", "weekday", "label", "popularity", "affinity", "category_share", "time_gap", "context",
+            "embedding", "history")
+USER_CONTEXT = ("affinity", "category_share", "time_gap", "context")  # measured against the user's own events
+WEIGHTINGS = ("none", "odds")
 
 
 @dataclass(frozen=True)
@@ -61,15 +82,19 @@ class FilterConfig:
     num_leaves: int = 15
     learning_rate: float = 0.1
     min_data_in_leaf: int = 5
+    weighting: str = "none"  # none | odds: kept candidates weighted by the classifier's odds (density ratio)
+    weight_clip: float = 5.0  # odds weights are clipped to at most this before normalizing
     seed: int = 0
 
     def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise RecflError(f"filter.weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.rule not in ("top_fraction", "threshold"):
             raise RecflError(f"filter.rule must be top_fraction or threshold, got {self.rule!r}")
         if self.fallback not in ("similarity", "all"):
             raise RecflError(f"filter.fallback must be similarity or all, got {self.fallback!r}")
         check_limits(self, "filter", folds=">= 2", keep_fraction="[0, 1]", threshold="[0, 1]", min_local=">= 0",
-                     rounds=">= 1", num_leaves=">= 2", learning_rate="> 0", min_data_in_leaf=">= 1")
+                     rounds=">= 1", num_leaves=">= 2", learning_rate="> 0", min_data_in_leaf=">= 1", weight_clip=">= 1")
         unknown = sorted(set(self.features) - set(FEATURES))
         if unknown or not self.features:
             raise RecflError(f"filter.features: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURES)}")
@@ -81,7 +106,7 @@ class ItemKnowledge:
 
     item_vocab: Vocabulary
     category_vocab: Vocabulary
-    item_embeddings: np.ndarray  # [item rows, d]: the cloud model's item table
+    item_embeddings: np.ndarray | None  # [item rows, d]: the cloud model's item table (None if it has none)
 
     def popularity(self, rows: np.ndarray) -> np.ndarray:
         """log(1 + training count) of each item row (PAD/OOV count 0)."""
@@ -94,6 +119,7 @@ class FilterResult:
     """The decision on each candidate, with what it was based on (per candidate, in table order)."""
 
     keep: np.ndarray  # bool
+    weight: np.ndarray  # loss weight of each candidate (ones unless weighting = "odds"; 0 for dropped ones)
     score: np.ndarray  # out-of-fold local-likeness in [0, 1]; NaN without a classifier
     fold: np.ndarray  # fold of each candidate (its score comes from the model that left this fold out); -1 without
     local_fold: np.ndarray  # fold of each local sample; -1 without
@@ -107,11 +133,35 @@ class FilterResult:
                 "filter_auc": self.auc, "filter_path": self.path, "filter_seconds": round(self.seconds, 4)}
 
 
+def _same_item(local_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[len(rows), len(local_rows)]``: whether each local event is of each sample's item."""
+    return rows[:, None] == local_rows[None, :]
+
+
+def taste(items: ItemKnowledge, local_rows: np.ndarray, positive: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per sample (item ``rows``): the mean embedding of the user's positive items other than the sample's item."""
+    emb = items.item_embeddings[local_rows].astype(np.float64) * positive[:, None]
+    keep = ~_same_item(local_rows, rows) * positive[None, :]
+    return (keep @ emb) / np.maximum(keep.sum(axis=1), 1.0)[:, None]
+
+
+def category_shares(local_rows: np.ndarray, local_categories: np.ndarray, rows: np.ndarray,
+                    categories: np.ndarray) -> np.ndarray:
+    """Per sample: the share of the user's events (other than those of the sample's item) in its category."""
+    keep = ~_same_item(local_rows, rows)
+    same = keep & (categories[:, None] == local_categories[None, :])
+    return same.sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
+
+
 def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index,
-             history: np.ndarray | None = None) -> np.ndarray:
+             history: np.ndarray | None = None, context: dict | None = None) -> np.ndarray:
     """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
     order (categorical codes first), then the item embedding and the history embedding if asked for.
-    ``history`` holds each event's clicked-history item rows (``Examples.hist``)."""
+    ``history`` holds each event's clicked-history item rows (``Examples.hist``); ``context`` what the user's own
+    events say about each event (see :func:`user_context`)."""
+    if items.item_embeddings is None and {"embedding", "history", "affinity", "context"} & set(names):
+        raise RecflError("filter.features 'embedding', 'affinity', 'context' and 'history' need a model with a table over "
+                         "the item vocabulary")
     rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
     ts = events["timestamp"].to_numpy(np.int64)
     column = {
@@ -122,18 +172,26 @@ def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...],
         "weekday": lambda: (ts // 86400 + 3) % 7,  # 1970-01-01 was a Thursday: 0 = Monday
         "label": lambda: events["label"].to_numpy(np.float64),
         "popularity": lambda: items.popularity(rows),
+        "affinity": lambda: _cosine(items.item_embeddings[rows].astype(np.float64), context["taste"]),
+        "category_share": lambda: context["share"],
+        "time_gap": lambda: np.log1p(np.abs(ts - context["median_time"]) / 86400.0),
+        "context": lambda: _cosine(_history_mean(items, history), context["taste"]),
     }
     scalars = [column[name]() for name in FEATURES if name in names and name in column]
     matrix = np.column_stack(scalars).astype(np.float64) if scalars else np.zeros((len(events), 0))
     if "embedding" in names:
         matrix = np.hstack([matrix, items.item_embeddings[rows].astype(np.float64)])
     if "history" in names:
-        if history is None:
-            raise ValueError("the history feature needs the samples' history rows")
-        mask = (history != 0)[..., None]
-        total = (items.item_embeddings[history] * mask).sum(axis=1)
-        matrix = np.hstack([matrix, total / np.maximum(mask.sum(axis=1), 1)])
+        matrix = np.hstack([matrix, _history_mean(items, history)])
     return matrix
+
+
+def _history_mean(items: ItemKnowledge, history: np.ndarray | None) -> np.ndarray:
+    """The mean cloud embedding of each sample's clicked-history items (zeros for an empty history)."""
+    if history is None:
+        raise ValueError("the history and context features need the samples' history rows")
+    mask = (history != 0)[..., None]
+    return (items.item_embeddings[history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
 
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig):
@@ -177,21 +235,22 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     n_local, n_cand = len(local), len(candidates)
     none = np.full(n_cand, -1, dtype=np.int64)
     if n_cand == 0:
-        return FilterResult(np.zeros(0, bool), np.zeros(0), none, np.full(n_local, -1), NO_CANDIDATES, float("nan"),
-                            time.perf_counter() - started)
+        return FilterResult(np.zeros(0, bool), np.zeros(0), np.zeros(0), none, np.full(n_local, -1), NO_CANDIDATES,
+                            float("nan"), time.perf_counter() - started)
     if n_local < max(config.min_local, config.folds) or n_cand < config.folds:
         if config.fallback == "all":
             keep = np.ones(n_cand, dtype=bool)
         else:
             keep = keep_top(candidates["similarity"].to_numpy(np.float64), config.keep_fraction)
-        return FilterResult(keep, np.full(n_cand, np.nan), none, np.full(n_local, -1), FALLBACK, float("nan"),
-                            time.perf_counter() - started)
+        return FilterResult(keep, keep.astype(np.float64), np.full(n_cand, np.nan), none, np.full(n_local, -1), FALLBACK,
+                            float("nan"), time.perf_counter() - started)
 
     behaviors = pd.Index(sorted(set(_behavior(local)) | set(_behavior(candidates))))
-    x_local = features(local, items, config.features, behaviors, local_history)
-    x_cand = features(candidates, items, config.features, behaviors, candidate_history)
     rng = np.random.default_rng(config.seed)
     local_fold, cand_fold = assign_folds(n_local, config.folds, rng), assign_folds(n_cand, config.folds, rng)
+    x_local = features(local, items, config.features, behaviors, local_history, user_context(local, local_fold, local, local_fold, items))
+    x_cand = features(candidates, items, config.features, behaviors, candidate_history,
+                      user_context(local, local_fold, candidates, cand_fold, items))
     score, local_score = np.empty(n_cand), np.empty(n_local)
     for k in range(config.folds):
         train_x = np.vstack([x_local[local_fold != k], x_cand[cand_fold != k]])
@@ -204,7 +263,41 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     else:
         keep = score >= config.threshold
     oof_auc = auc(np.r_[np.ones(n_local), np.zeros(n_cand)], np.r_[local_score, score])
-    return FilterResult(keep, score, cand_fold, local_fold, CLASSIFIER, oof_auc, time.perf_counter() - started)
+    weight = odds_weights(score, keep, config.weight_clip) if config.weighting == "odds" else keep.astype(np.float64)
+    return FilterResult(keep, weight, score, cand_fold, local_fold, CLASSIFIER, oof_auc, time.perf_counter() - started)
+
+
+def user_context(local: pd.DataFrame, local_fold: np.ndarray, events: pd.DataFrame, fold: np.ndarray,
+                 items: ItemKnowledge) -> dict:
+    """What the user's own events say about each of ``events``: its taste vector (``taste``), category share
+    (``share``) and the median time of the user's events (``median_time``). Cross-fitted: an event of fold ``j``
+    is measured against the user's local events of the other folds only, so a local sample is never part of what
+    it is compared with (membership alone would otherwise separate the classes)."""
+    local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
+    rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
+    labels, categories = local["label"].to_numpy(np.float64), local["category_id"].to_numpy(np.int64)
+    event_categories, stamps = events["category_id"].to_numpy(np.int64), local["timestamp"].to_numpy(np.float64)
+    width = items.item_embeddings.shape[1] if items.item_embeddings is not None else 0
+    out = {"taste": np.zeros((len(events), width)), "share": np.zeros(len(events)), "median_time": np.zeros(len(events))}
+    for j in np.unique(fold):
+        ref, at = local_fold != j, fold == j
+        if width:
+            out["taste"][at] = taste(items, local_rows[ref], labels[ref], rows[at])
+        out["share"][at] = category_shares(local_rows[ref], categories[ref], rows[at], event_categories[at])
+        out["median_time"][at] = np.median(stamps[ref])
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def odds_weights(score: np.ndarray, keep: np.ndarray, clip: float) -> np.ndarray:
+    """Importance weights of the kept candidates: odds clipped to ``clip``, normalized to mean 1 (0 elsewhere)."""
+    odds = np.clip(score / np.maximum(1.0 - score, 1e-12), 0.0, clip)
+    weight = np.where(keep, odds, 0.0)
+    mean = weight[keep].mean() if keep.any() else 0.0
+    return weight / mean if mean > 0 else keep.astype(np.float64)
 
 
 def _behavior(events: pd.DataFrame) -> np.ndarray:

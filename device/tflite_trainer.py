@@ -1,14 +1,19 @@
-"""On-device training in the TFLite interpreter, exported once per (architecture, capacity).
+"""The on-device training program: built from the model definition, converted once per (model, capacity).
 
-The trainable program is the project's single model definition
-(:func:`recfl.core.model.loss_fn` / :func:`recfl.core.model.logits`) over resource
-variables of a fixed capacity, with ``train``, ``infer``, ``get_weights``,
-``set_weights``, ``save`` and ``restore`` signatures. Embedding gradients
-arrive as row slices (IndexedSlices) and are applied with ``scatter_sub``, so
-a step touches only the batch's rows; dense layers use ``assign_sub``. The
-converted ``.tflite`` (TFLite builtins plus Flex ops) is cached on disk under
-a key of the capacity-sized :class:`~recfl.core.model.ModelSpec`; every device
-loads its own weights through ``set_weights`` (or ``restore``), never by
+The program is the project's shared training step
+(:func:`recfl.core.models.train_step`: forward, loss, hand-lowerable
+gradients, SGD) over resource variables of a fixed capacity, with the
+signatures :mod:`device.program` drives. It is converted with TFLite
+builtin ops only, so the plain TFLite runtime runs it; a model whose
+gradient needs an op TFLite has no builtin for is converted with the Flex
+delegate instead (``finetune.ops = "auto"``, the default, logs which ops) or
+refused with those ops named (``"builtin"``). The ``train`` signature takes
+a fixed batch size (short batches are padded with weight-0 rows), which lets
+the converter fold every shape computation of the gradient.
+
+The converted ``.tflite`` is cached on disk under a key of the
+capacity-sized :class:`~recfl.core.models.ModelSpec`, the batch size and the
+ops; every device loads its own weights through ``set_weights``, never by
 reconverting. Each conversion appends a line to ``conversions.jsonl`` in the
 cache, so "once per capacity" can be checked across processes.
 """
@@ -28,105 +33,207 @@ from pathlib import Path
 
 import numpy as np
 
+from device.program import GROUPS, SIGNATURES, DeviceProgram, StepSettings
 from recfl.core.atomic import atomic_path
 from recfl.core.config import check_limits
-from recfl.core.features import Examples
+from recfl.core.errors import RecflError
+from recfl.core.features import FIELDS, Examples
 from recfl.core.metrics import logloss
-from recfl.core.model import ModelParams, ModelSpec, logits, loss_fn
+from recfl.core.models import ModelParams, ModelSpec, Objective, train_step, weights_of
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the exported program changes
-SIGNATURES = ("train", "infer", "get_weights", "set_weights", "save", "restore")
+FORMAT_VERSION = 2  # bump when the exported program changes
+OPS = ("auto", "builtin", "flex")
+SCHEDULES = ("joint", "sequential")
 
 
-def weight_shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
-    """Shapes of the flat weight order of :meth:`ModelParams.arrays`."""
-    return [(spec.item_rows, spec.embed_dim), (spec.category_rows, spec.embed_dim), *spec.dense_shapes()]
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The ``[finetune]`` config section: on-device SGD with early stopping, the objective and the capacity."""
+
+    learning_rate: float = 0.2  # tuned on a MovieLens 100K validation split (README)
+    batch_size: int = 32
+    max_epochs: int = 10
+    patience: int = 2  # epochs without a validation improvement before stopping
+    val_fraction: float = 0.2  # the user's latest training events held out for early stopping
+    loss: str = "pointwise"  # pointwise | pairwise | mixed
+    elastic: float = 0.0  # pull toward the global weights (lambda of an L2 penalty on the difference)
+    trainable: tuple[str, ...] = GROUPS  # weight groups fine-tuning moves: tables, dense, private
+    candidate_weight: float = 1.0  # loss weight of a matched cloud sample relative to one of the user's own
+    schedule: str = "joint"  # joint: candidates and own events together | sequential: candidates first, then own events
+    item_capacity: int = 4096  # rows of the exported item table: one .tflite per capacity
+    category_capacity: int = 256
+    ops: str = "auto"  # auto: TFLite builtins, Flex only for ops without a builtin | builtin | flex
+    seed: int = 0
+
+    def __post_init__(self):
+        check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
+                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight="> 0")
+        if self.schedule not in SCHEDULES:
+            raise RecflError(f"finetune.schedule = {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.ops not in OPS:
+            raise RecflError(f"finetune.ops = {self.ops!r}: choose one of {', '.join(OPS)}")
+        self.objective  # validates loss, elastic and trainable
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.loss, self.elastic, self.trainable)
+
+    @property
+    def step(self) -> StepSettings:
+        o = self.objective
+        return StepSettings(self.learning_rate, o.pairwise, o.elastic, o.trainable)
+
+    def capacity(self, spec: ModelSpec) -> dict[str, int]:
+        """Device rows of each table of ``spec`` (by the vocabulary it indexes)."""
+        per_vocabulary = {"items": self.item_capacity, "categories": self.category_capacity}
+        return {t.name: per_vocabulary[t.vocabulary] for t in spec.definition.tables}
+
+    def program_spec(self, spec: ModelSpec) -> ModelSpec:
+        return spec.with_rows(self.capacity(spec))
 
 
-def cache_key(spec: ModelSpec) -> str:
-    """Stable key of one exported program: architecture, capacity, TF and format versions."""
+def cache_key(spec: ModelSpec, batch_size: int, ops: str) -> str:
+    """Stable key of one exported program: model, capacity, batch size, ops, TF and format versions."""
     import tensorflow as tf
 
-    text = json.dumps({"spec": spec.to_json(), "tf": tf.__version__, "format": FORMAT_VERSION}, sort_keys=True)
+    text = json.dumps({"spec": spec.to_json(), "batch": batch_size, "ops": ops, "tf": tf.__version__,
+                       "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _trainable_module(spec: ModelSpec):
-    """A ``tf.Module`` whose signatures are the on-device API (variables hold zeros until set)."""
+def _module(spec: ModelSpec, batch_size: int):
+    """A ``tf.Module`` whose signatures are the device program (variables hold zeros until set)."""
     import tensorflow as tf
 
-    shapes = weight_shapes(spec)
+    shapes = [shape for _, _, shape in spec.shapes()]
     sizes = [int(np.prod(s)) for s in shapes]
     total = int(sum(sizes))
+    c = spec.config
     i32, f32 = tf.int32, tf.float32
-    batch = [tf.TensorSpec([None], i32), tf.TensorSpec([None, spec.max_categories], i32),
-             tf.TensorSpec([None, spec.history], i32)]
+    fields = {"item": [], "cats": [c.max_categories], "hist": [c.history]}
+    scalars = ["lr", "pairwise", "elastic", *(f"train_{g}" for g in GROUPS)]
+    train_inputs = ([tf.TensorSpec([batch_size, *fields[f]], i32, name=f) for f in FIELDS]
+                    + [tf.TensorSpec([batch_size], f32, name=n) for n in ("label", "weight")]
+                    + [tf.TensorSpec([], f32, name=n) for n in scalars])
+    infer_inputs = [tf.TensorSpec([None, *fields[f]], i32, name=f) for f in FIELDS]
 
-    class Trainable(tf.Module):
+    def split(flat):
+        return [tf.reshape(part, shape) for part, shape in zip(tf.split(flat, sizes), shapes)]
+
+    class Program(tf.Module):
         def __init__(self):
             super().__init__()
             self.w = [tf.Variable(tf.zeros(s, f32), name=f"w{k}") for k, s in enumerate(shapes)]
+            self.anchor = [tf.Variable(tf.zeros(s, f32), name=f"a{k}") for k, s in enumerate(shapes)]
 
-        @tf.function(input_signature=[*batch, tf.TensorSpec([None], f32), tf.TensorSpec([], f32)])
-        def train(self, item, cats, hist, label, lr):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(self.w[0], self.w[1], self.w[2:], item, cats, hist, label)
-            for var, grad in zip(self.w, tape.gradient(loss, self.w)):
-                if isinstance(grad, tf.IndexedSlices):  # embedding tables: only the batch's rows
-                    var.scatter_sub(tf.IndexedSlices(lr * grad.values, grad.indices))
-                else:
-                    var.assign_sub(lr * grad)
+        @tf.function(input_signature=train_inputs, autograph=False)
+        def train(self, item, cats, hist, label, weight, lr, pairwise, elastic, train_tables, train_dense, train_private):
+            batch = {"item": item, "cats": cats, "hist": hist, "label": label, "weight": weight}
+            masks = {"tables": train_tables, "dense": train_dense, "private": train_private}
+            new, loss = train_step(spec, [v.read_value() for v in self.w], batch, lr, pairwise,
+                                   [a.read_value() for a in self.anchor], elastic, masks)
+            for var, value in zip(self.w, new):
+                var.assign(value)
             return {"loss": loss}
 
-        @tf.function(input_signature=batch)
+        @tf.function(input_signature=infer_inputs, autograph=False)
         def infer(self, item, cats, hist):
-            return {"probability": tf.sigmoid(logits(self.w[0], self.w[1], self.w[2:], item, cats, hist))}
+            z = spec.definition.forward(weights_of(spec, self.w), {"item": item, "cats": cats, "hist": hist})
+            return {"probability": tf.sigmoid(z)}
 
-        @tf.function(input_signature=[])
+        @tf.function(input_signature=[], autograph=False)
         def get_weights(self):
             return {"weights": tf.concat([tf.reshape(v, [-1]) for v in self.w], 0)}
 
-        @tf.function(input_signature=[tf.TensorSpec([total], f32)])
+        @tf.function(input_signature=[tf.TensorSpec([total], f32)], autograph=False)
         def set_weights(self, weights):
-            for var, part, shape in zip(self.w, tf.split(weights, sizes), shapes):
-                var.assign(tf.reshape(part, shape))
+            for var, value in zip(self.w, split(weights)):
+                var.assign(value)
             return {"size": tf.constant(total)}
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-        def save(self, checkpoint_path):
-            names = [v.name.split(":")[0] for v in self.w]
-            tf.raw_ops.Save(filename=checkpoint_path, tensor_names=names, data=[v.read_value() for v in self.w])
-            return {"checkpoint_path": checkpoint_path}
-
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-        def restore(self, checkpoint_path):
-            for v in self.w:
-                v.assign(tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=v.name.split(":")[0], dt=f32))
+        @tf.function(input_signature=[tf.TensorSpec([total], f32)], autograph=False)
+        def set_anchor(self, weights):
+            for var, value in zip(self.anchor, split(weights)):
+                var.assign(value)
             return {"size": tf.constant(total)}
 
-    return Trainable()
+    return Program()
 
 
-def convert(spec: ModelSpec) -> bytes:
-    """Convert the trainable program of ``spec`` (rows = capacity) to a ``.tflite`` flatbuffer."""
+def convert(spec: ModelSpec, batch_size: int, flex: bool) -> bytes:
+    """Convert the device program of ``spec`` (rows = capacity) to a ``.tflite`` flatbuffer."""
     import tensorflow as tf
 
-    module = _trainable_module(spec)
+    module = _module(spec, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures={name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + ([tf.lite.OpsSet.SELECT_TF_OPS] if flex else [])
         converter.experimental_enable_resource_variables = True
         return converter.convert()
 
 
-def export(spec: ModelSpec, cache_dir: Path) -> Path:
-    """The cached ``.tflite`` for ``spec``, converting it (under a file lock) only if missing."""
+def flex_ops(error: Exception) -> list[str]:
+    """The TensorFlow ops a converter error says have no TFLite builtin (empty if it says something else)."""
+    found = re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error))
+    found += [op.strip() for line in re.findall(r"TF Select ops: ([^\n]+)", str(error)) for op in line.split(",")]
+    return sorted(set(found))
+
+
+def build_program(spec: ModelSpec, batch_size: int, ops: str) -> tuple[bytes, dict[str, int]]:
+    """The flatbuffer and its Flex nodes per op (none for a builtin-only program)."""
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    name = spec.config.name
+    if ops != "flex":
+        try:
+            return convert(spec, batch_size, flex=False), {}
+        except ConverterError as exc:
+            needed = flex_ops(exc)
+            if not needed:
+                raise RecflError(f"model {name!r}: cannot be converted to a TFLite training program "
+                                 f"({_first_error(exc)})") from None
+            if ops == "builtin":
+                raise RecflError(f"model {name!r}: its training step needs TensorFlow ops that TFLite has no builtin for: "
+                                 f"{', '.join(needed)}; write them with recfl.core.models.layers, or set finetune.ops = "
+                                 "\"flex\"") from None
+            log.warning("model %r: %s have no TFLite builtin; this device program needs the Flex delegate",
+                        name, ", ".join(needed))
+    try:
+        flatbuffer = convert(spec, batch_size, flex=True)
+    except Exception as exc:  # a model's forward the converter cannot handle at all
+        raise RecflError(f"model {name!r}: cannot be converted to a TFLite training program ({_first_error(exc)})") from None
+    return flatbuffer, flex_nodes(flatbuffer)
+
+
+def flex_nodes(flatbuffer: bytes) -> dict[str, int]:
+    """How many nodes of each Flex (TensorFlow-kernel) op a converted program has, read from its operator codes."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    codes = [(model.OperatorCodes(k).CustomCode() or b"").decode() for k in range(model.OperatorCodesLength())]
+    counts: dict[str, int] = {}
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for k in range(graph.OperatorsLength()):
+            code = codes[graph.Operators(k).OpcodeIndex()]
+            if code.startswith("Flex"):
+                counts[code[4:]] = counts.get(code[4:], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _first_error(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if "error" in line.lower()]
+    return (lines[0] if lines else str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:300]
+
+
+def export(spec: ModelSpec, cache_dir: Path, batch_size: int = 32, ops: str = "auto") -> Path:
+    """The cached ``.tflite`` for ``spec`` (rows = device capacity), converting it (under a file lock) only if missing."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(spec)
+    key = cache_key(spec, batch_size, ops)
     path = cache_dir / f"{key}.tflite"
     if path.is_file():
         return path
@@ -135,14 +242,15 @@ def export(spec: ModelSpec, cache_dir: Path) -> Path:
         if path.is_file():  # another process converted it while we waited
             return path
         started = time.perf_counter()
-        flatbuffer = convert(spec)
+        flatbuffer, flex = build_program(spec, batch_size, ops)
         with atomic_path(path) as tmp:
             tmp.write_bytes(flatbuffer)
-        record = {"key": key, "spec": spec.to_json(), "bytes": len(flatbuffer), "pid": os.getpid(),
-                  "seconds": round(time.perf_counter() - started, 3)}
+        record = {"key": key, "spec": spec.to_json(), "batch_size": batch_size, "ops": ops, "flex_nodes": flex,
+                  "bytes": len(flatbuffer), "pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
         with open(cache_dir / "conversions.jsonl", "a") as out:
             out.write(json.dumps(record, sort_keys=True) + "\n")
-        log.info("converted %s (%d bytes) in %.1f s", path.name, len(flatbuffer), record["seconds"])
+        log.info("converted %s (%d bytes, %s) in %.1f s", path.name, len(flatbuffer),
+                 f"Flex nodes: {flex}" if flex else "0 Flex nodes", record["seconds"])
     return path
 
 
@@ -152,79 +260,42 @@ def conversions(cache_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def conversion_of(program: Path) -> dict:
+    """The conversion record of a cached program (its Flex nodes, size, spec)."""
+    return next(c for c in conversions(Path(program).parent) if c["key"] == Path(program).stem)
+
+
 class DeviceTrainer:
-    """One device's TFLite interpreter over a cached ``.tflite``: weights in, SGD steps, scores out."""
+    """A :class:`DeviceProgram` over the model's weights: ModelParams in and out, Examples to train on and score."""
 
     def __init__(self, path: Path, spec: ModelSpec):
-        import tensorflow as tf
+        self.spec = spec
+        self.program = DeviceProgram(path, [shape for _, _, shape in spec.shapes()])
 
-        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=1)
-        self.runners = {name: self.interpreter.get_signature_runner(name) for name in SIGNATURES}
-        self._shapes = weight_shapes(spec)
-
-    def set_params(self, params: ModelParams) -> None:
-        """Load weights shaped like ``spec`` (capacity-sized tables, see ``Submodel.extract``)."""
-        for array, shape in zip(params.arrays(), self._shapes):
-            if array.shape != shape:
-                raise ValueError(f"weight of shape {array.shape} does not fit the exported shape {shape}")
-        flat = np.concatenate([a.ravel() for a in params.arrays()]).astype(np.float32)
-        self.runners["set_weights"](weights=flat)
+    def set_params(self, params: ModelParams, anchor: bool = False) -> None:
+        """Load weights shaped like the program's spec (capacity-sized tables, see ``Submodel.extract``);
+        with ``anchor``, also make them the weights the elastic term pulls toward."""
+        self.program.set_weights(params.arrays())
+        if anchor:
+            self.program.set_anchor(params.arrays())
 
     def get_params(self) -> ModelParams:
-        flat = self.runners["get_weights"]()["weights"]
-        cuts = np.cumsum([int(np.prod(s)) for s in self._shapes])[:-1]
-        return ModelParams.from_arrays([part.reshape(s) for part, s in zip(np.split(flat, cuts), self._shapes)])
+        return ModelParams.from_arrays(self.spec, self.program.get_weights())
 
-    def train_step(self, batch: Examples, lr: float) -> float:
-        """One SGD step on ``batch`` (local rows); returns the batch loss before the step."""
-        out = self.runners["train"](item=batch.item.astype(np.int32), cats=batch.cats.astype(np.int32),
-                                    hist=batch.hist.astype(np.int32), label=batch.label.astype(np.float32), lr=np.float32(lr))
-        return float(out["loss"])
+    def train_step(self, batch: Examples, settings: StepSettings) -> float:
+        return self.program.train_step(batch.batch(), settings)
 
-    def predict(self, examples: Examples, batch_size: int = 1024) -> np.ndarray:
-        """Click probabilities of ``examples`` (local rows)."""
-        out = np.empty(len(examples), dtype=np.float32)
-        for lo in range(0, len(examples), batch_size):
-            b = examples.take(slice(lo, lo + batch_size))
-            out[lo : lo + len(b)] = self.runners["infer"](item=b.item.astype(np.int32), cats=b.cats.astype(np.int32),
-                                                          hist=b.hist.astype(np.int32))["probability"]
-        return out
+    def predict(self, examples: Examples) -> np.ndarray:
+        return self.program.predict(examples.inputs())
 
     def save(self, path: Path) -> None:
-        """Write the current weights to a checkpoint file through the ``save`` signature."""
-        self.runners["save"](checkpoint_path=_path_tensor(path))
+        """Write the current weights to ``path`` (``.npz``): checkpoints are the host's job."""
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as out:
+            np.savez(out, *self.program.get_weights())
 
     def restore(self, path: Path) -> None:
-        """Load weights saved by :meth:`save` through the ``restore`` signature."""
-        self.runners["restore"](checkpoint_path=_path_tensor(path, pattern=True))
-
-
-def _path_tensor(path: Path, pattern: bool = False) -> np.ndarray:
-    """A scalar ``tf.string`` input: bytes (dtype ``|S``); other encodings silently mangle the name.
-
-    ``Restore`` reads a file *pattern*, so for it ``*?[]\\`` are escaped (a ``[`` in a directory
-    name would otherwise match nothing).
-    """
-    text = str(Path(path).resolve())
-    return np.array((re.sub(r"([*?\[\]\\])", r"\\\1", text) if pattern else text).encode())
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """The ``[finetune]`` config section: on-device SGD with early stopping, and the device capacity."""
-
-    learning_rate: float = 0.2  # tuned on a MovieLens 100K validation split (README)
-    batch_size: int = 32
-    max_epochs: int = 10
-    patience: int = 2  # epochs without a validation improvement before stopping
-    val_fraction: float = 0.2  # the user's latest training events held out for early stopping
-    item_capacity: int = 4096  # rows of the exported item table (one .tflite per capacity)
-    category_capacity: int = 256
-    seed: int = 0
-
-    def __post_init__(self):
-        check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
-                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3")
+        with np.load(path) as npz:
+            self.program.set_weights([npz[f"arr_{i}"] for i in range(len(npz.files))])
 
 
 @dataclass(frozen=True)
@@ -246,11 +317,12 @@ def finetune(trainer: DeviceTrainer, fit: Examples, val: Examples, config: Finet
     losses = [logloss(val.label, trainer.predict(val))] if len(val) else []
     if not len(val) or not len(fit):
         return FinetuneResult(0, 0, 0, losses, time.perf_counter() - started)
+    settings = config.step
     best, best_epoch, steps, epoch = trainer.get_params(), 0, 0, 0
     for epoch in range(1, config.max_epochs + 1):
         order = rng.permutation(len(fit))
         for lo in range(0, len(order), config.batch_size):
-            trainer.train_step(fit.take(order[lo : lo + config.batch_size]), config.learning_rate)
+            trainer.train_step(fit.take(order[lo : lo + config.batch_size]), settings)
             steps += 1
         losses.append(logloss(val.label, trainer.predict(val)))
         if losses[-1] < losses[best_epoch]:

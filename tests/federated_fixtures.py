@@ -33,11 +33,11 @@ def small_data(tmp_path_factory):
     from recfl.core.formats import SyntheticSpec, load
 
     return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
-                   tmp_path_factory.mktemp("fl") / "data", 0.2)
+                   tmp_path_factory.mktemp("fl") / "data")
 
 
 def final_params(run_dir: Path) -> list:
-    from recfl.core.model import load_model
+    from recfl.core.models import load_model
 
     return load_model(run_dir / "model")[1].arrays()
 

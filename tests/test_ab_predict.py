@@ -9,7 +9,7 @@ import pytest
 from conftest import shared
 
 from recfl.app.cli import main
-from recfl.core.schema import PREDICTION_COLUMNS
+from recfl.core.schema import PREDICTION_COLUMNS, PREDICTION_MARKER
 
 
 def run(capsys, *argv) -> dict:
@@ -28,7 +28,7 @@ def test_predict_model_and_popularity_then_compare(tmp_path, capsys):
     assert cloud["test"]["auc"] == pytest.approx(trained["test"]["auc"], abs=1e-6)
     assert pop["test"]["auc"] == pytest.approx(trained["popularity_baseline"]["auc"], abs=1e-6)
     frame = pd.read_parquet(tmp_path / "cloud.parquet")
-    assert list(frame.columns) == list(PREDICTION_COLUMNS) and set(frame["arm"]) == {"cloud"}
+    assert list(frame.columns) == [*PREDICTION_COLUMNS, *PREDICTION_MARKER] and set(frame["arm"]) == {"cloud"}
     assert frame["score"].between(0, 1).all() and len(frame) == cloud["rows"] == pop["rows"]
     report = run(capsys, "ab", "evaluate", str(tmp_path / "pop.parquet"), str(tmp_path / "cloud.parquet"),
                  "--control", "popularity", "--out", str(tmp_path / "report"), "--bootstrap", "50", "--users", data)

@@ -75,3 +75,16 @@ def test_damaged_prepared_data_and_foreign_models_are_one_line(capsys, tmp_path,
     assert main(["run", "--data", str(other), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "manifest.json: damaged manifest" in err and err.count("\n") == 1
+
+
+def test_a_missing_file_of_a_prepared_set_is_one_line_in_every_command(capsys, tmp_path):
+    data = tmp_path / "s"
+    assert main(["data", "synth", "--users", "30", "--items", "60", "--out", str(data)]) == 0
+    (data / "vocab" / "items.parquet").unlink()
+    capsys.readouterr()
+    for argv in (["train", "--data", str(data), "--out", str(tmp_path / "m")],
+                 ["predict", "--data", str(data), "--popularity", "--arm", "x", "--out", str(tmp_path / "p.parquet")],
+                 ["run", "--data", str(data), "--out", str(tmp_path / "run")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"recfl: error: {data}: incomplete prepared data set (vocab/items.parquet missing); prepare it again\n"

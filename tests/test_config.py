@@ -9,7 +9,7 @@ import pytest
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.errors import RecflError
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.train import TrainConfig
 
 

@@ -13,8 +13,8 @@ from device.personalize import ARMS, capacity_prefix
 from device.tflite_trainer import conversions
 from recfl.app.cli import main
 from recfl.core.features import Examples
-from recfl.core.model import ModelConfig
-from recfl.core.schema import PREDICTION_COLUMNS
+from recfl.core.models import ModelConfig, ModelSpec
+from recfl.core.schema import PREDICTION_COLUMNS, PREDICTION_MARKER
 from recfl.core.submodel import Submodel
 from recfl.core.train import TrainConfig, train_cloud_model
 
@@ -50,14 +50,14 @@ def test_every_arm_end_to_end(setup, tmp_path, capsys):
         assert _run(setup, arm, tmp_path / f"{arm}.parquet") == 0
         summary = json.loads(capsys.readouterr().out)
         pred = pd.read_parquet(tmp_path / f"{arm}.parquet")
-        assert list(pred.columns) == list(PREDICTION_COLUMNS) and (pred["arm"] == arm).all()
+        assert list(pred.columns) == [*PREDICTION_COLUMNS, *PREDICTION_MARKER] and (pred["arm"] == arm).all()
         assert len(pred) == len(expected) and set(pred["user_id"]) == set(expected["user_id"])
         assert pred["score"].between(0, 1).all() and summary["users"] == USERS
         scores[arm] = pred["score"].to_numpy()
         if arm == "cloud":
             continue
         devices = tmp_path / f"{arm}.devices"
-        assert sorted(p.name for p in devices.glob("*.ckpt")) == sorted(f"{u}.ckpt" for u in expected["user_id"].unique())
+        assert sorted(p.name for p in devices.glob("*.weights.npz")) == sorted(f"{u}.weights.npz" for u in expected["user_id"].unique())
         report = pd.read_parquet(devices / "users.parquet")
         assert len(report) == USERS and (report["arm"] == arm).all()
         if arm == "local":
@@ -131,12 +131,18 @@ def test_capacity_keeps_the_leading_candidates_that_fit():
         return Examples(np.array(items, np.int32), cats, np.array(hist, np.int32).reshape(n, -1),
                         np.zeros(n, np.float32), np.zeros(n, np.int64), np.zeros(n, np.int64))
 
-    base = Submodel.covering(ex([2, 3], [[0], [2]]))  # item rows 0, 1, 2, 3
+    spec = ModelSpec.build(ModelConfig(history=1, max_categories=1), {"items": 10, "categories": 5})
+    base = Submodel.covering(spec, ex([2, 3], [[0], [2]]))  # item rows 0, 1, 2, 3
     cands = ex([3, 4, 5, 4, 6], [[2], [0], [4], [5], [7]])  # new rows: -, 4, 5, -, 6 7
-    assert capacity_prefix(base, cands, (5, 8)) == 2  # 4 rows + {4}; the third adds 5
-    assert capacity_prefix(base, cands, (7, 8)) == 4  # the fourth adds nothing; the fifth adds 6 and 7
-    assert capacity_prefix(base, cands, (8, 8)) == 5
+
+    def fits(items, categories, candidates=cands):
+        return capacity_prefix(base, candidates, {"item": items, "category": categories})
+
+    assert fits(5, 8) == 2  # 4 rows + {4}; the third adds 5
+    assert fits(7, 8) == 4  # the fourth adds nothing; the fifth adds 6 and 7
+    assert fits(8, 8) == 5
     recats = ex([3, 4, 5, 4, 6], [[2], [0], [4], [5], [7]], cats=[2, 2, 3, 4, 3])
-    assert capacity_prefix(base, recats, (8, 4)) == 3  # category rows 0, 1, 2 + {3} fit 4; the fourth adds 4
+    assert fits(8, 4, recats) == 3  # category rows 0, 1, 2 + {3} fit 4; the fourth adds 4
+    assert fits(8, 8, cands.take(slice(0, 0))) == 0
     with pytest.raises(Exception, match="capacity"):
-        capacity_prefix(base, cands, (3, 8))
+        fits(3, 8)

@@ -14,12 +14,12 @@ from recfl.core.federated import computations
 from recfl.core.federated.clients import ClientData
 from recfl.core.federated.process import FederatedProcess, Heat, RowCoefficients
 from recfl.core.federated.sampling import Availability, sample_clients
-from recfl.core.model import ModelSpec, init_params, sgd_step
+from recfl.core.models import ModelConfig, ModelSpec, init_params, train_step
 from recfl.core.submodel import Submodel
 
 from federated_fixtures import SIM_ARGS, final_params, metrics_rounds, wait_for_rounds
 
-SPEC = ModelSpec(item_rows=12, category_rows=5, embed_dim=3, hidden=(4,), history=2, max_categories=1)
+SPEC = ModelSpec.build(ModelConfig(embed_dim=3, hidden=(4,), history=2, max_categories=1), {"items": 12, "categories": 5})
 WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
 
 
@@ -28,7 +28,7 @@ def _client(user, items, hist, cats, labels):
         item=np.array(items, np.int32), cats=np.array(cats, np.int32)[:, None], hist=np.array(hist, np.int32),
         label=np.array(labels, np.float32), user_id=np.full(len(items), user, np.int64), timestamp=np.zeros(len(items), np.int64),
     )
-    sub = Submodel.covering(ex)
+    sub = Submodel.covering(SPEC, ex)
     return ClientData(user, sub, sub.localize(ex)), ex
 
 
@@ -49,31 +49,32 @@ def _reference_local_training(params, ex, seed):
         order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.constant(seed, tf.int32) + tf.constant([0, epoch]))).numpy()
         for lo in range(0, n, WORK.batch_size):
             pick = order[lo : lo + WORK.batch_size]
-            weights, _ = sgd_step(weights, ex.item[pick], ex.cats[pick], ex.hist[pick], ex.label[pick], WORK.learning_rate)
+            weights, _ = train_step(SPEC, weights, ex.take(pick).batch(), WORK.learning_rate)
     return [w.numpy() - a for w, a in zip(weights, params.arrays())]
 
 
 def _reference_round(params, coefficients):
-    """The documented rule, computed client by client with explicit loops."""
+    """The documented rule, computed client by client with explicit loops (private weights never reach the server)."""
     deltas = {i: _reference_local_training(params, CLIENTS[i][1], (7, k)) for k, i in enumerate(SAMPLED)}
     sizes = {i: len(CLIENTS[i][1]) for i in SAMPLED}
     total = sum(sizes.values())
     expected = [a.astype(np.float64).copy() for a in params.arrays()]
-    for t, coef in ((0, coefficients.item), (1, coefficients.cat)):
-        for m in range(len(expected[t])):
-            acc = sum(sizes[i] * deltas[i][t][m] for i in SAMPLED)
-            expected[t][m] += coef[m] * acc / total
-    for k in range(2, len(expected)):
-        expected[k] += sum(sizes[i] * deltas[i][k] for i in SAMPLED) / total
+    for k, (group, name, _) in enumerate(SPEC.shapes()):
+        if group == "tables":
+            coef = coefficients.tables[name]
+            for m in range(len(expected[k])):
+                expected[k][m] += coef[m] * sum(sizes[i] * deltas[i][k][m] for i in SAMPLED) / total
+        elif group == "dense":
+            expected[k] += sum(sizes[i] * deltas[i][k] for i in SAMPLED) / total
     return expected
 
 
 def _heat_by_hand():
-    item, cat = np.zeros(SPEC.item_rows), np.zeros(SPEC.category_rows)
+    counts = {name: np.zeros(rows) for name, rows in SPEC.rows}
     for data, ex in CLIENTS:
-        item[data.submodel.item_rows] += len(ex)
-        cat[data.submodel.cat_rows] += len(ex)
-    return Heat(item, cat, float(sum(len(ex) for _, ex in CLIENTS)))
+        for name, table in counts.items():
+            table[data.submodel.rows[name]] += len(ex)
+    return Heat(counts, float(sum(len(ex) for _, ex in CLIENTS)))
 
 
 @pytest.mark.parametrize("algorithm", ["fedsubavg", "fedavg"])
@@ -82,20 +83,22 @@ def test_round_matches_the_numpy_reference(tff_runtime, algorithm):
     probe = FederatedProcess(SPEC, WORK, RowCoefficients.for_algorithm("fedavg", SPEC), tff_runtime, chunk_clients=2)
     heat = probe.heat([[c for c, _ in CLIENTS[:2]], [CLIENTS[2][0]]])  # two batches, merged
     by_hand = _heat_by_hand()
-    np.testing.assert_allclose(heat.item, by_hand.item)
-    np.testing.assert_allclose(heat.cat, by_hand.cat)
+    for name in ("item", "category"):
+        np.testing.assert_allclose(heat.tables[name], by_hand.tables[name])
     assert heat.total == by_hand.total == 10
     coefficients = RowCoefficients.for_algorithm(algorithm, SPEC, heat)
     if algorithm == "fedsubavg":
-        assert coefficients.item[8] == pytest.approx(10 / 5) and coefficients.item[2] == pytest.approx(1.0)
+        assert coefficients.tables["item"][8] == pytest.approx(10 / 5) and coefficients.tables["item"][2] == pytest.approx(1.0)
     process = FederatedProcess(SPEC, WORK, coefficients, tff_runtime, chunk_clients=1)  # one client per chunk: merge path
     state, metrics = process.next(process.initialize(params), [CLIENTS[i][0] for i in SAMPLED], seed=7)
     expected = _reference_round(params, coefficients)
     for got, want in zip(state.params.arrays(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert np.array_equal(state.params.item_emb[11], params.item_emb[11])  # touched by nobody
-    assert np.array_equal(state.params.item_emb[9], params.item_emb[9])  # only by an unsampled client
-    assert not np.allclose(state.params.item_emb[8], params.item_emb[8])  # only by client 1
+    item, before = state.params.tables["item"], params.tables["item"]
+    assert np.array_equal(item[11], before[11])  # touched by nobody
+    assert np.array_equal(item[9], before[9])  # only by an unsampled client
+    assert not np.allclose(item[8], before[8])  # only by client 1
+    assert np.array_equal(state.params.private["user"], params.private["user"])  # private weights never reach the server
     assert (metrics.clients, metrics.examples, state.round) == (2, 8, 1)
 
 
@@ -113,17 +116,19 @@ def test_tff_iterative_process_matches_the_reference_and_the_host_round(tff_runt
 
     params = init_params(SPEC, 3)
     coefficients = RowCoefficients.for_algorithm(algorithm, SPEC, _heat_by_hand())
-    process = build_fedsubavg_process(SPEC, WORK, coefficients, params, capacity=(16, 8))
+    capacity = {"item": 16, "category": 8}
+    process = build_fedsubavg_process(SPEC, WORK, coefficients, params, capacity=capacity)
     assert isinstance(process, tff.templates.IterativeProcess)
     assert str(process.next.type_signature.parameter[0]).endswith("@SERVER")
     state = tff_runtime.invoke(process.initialize)
-    assert state["round"] == 0 and np.array_equal(params_of(state, SPEC).item_emb, params.item_emb)
-    clients = [client_value(CLIENTS[i][0], (16, 8), (7, k)) for k, i in enumerate(SAMPLED)]
+    assert state["round"] == 0 and np.array_equal(params_of(state, SPEC).tables["item"], params.tables["item"])
+    clients = [client_value(CLIENTS[i][0], capacity, (7, k)) for k, i in enumerate(SAMPLED)]
     state, metrics = tff_runtime.invoke(process.next, (state, clients))
     got = params_of(state, SPEC)
     for value, want in zip(got.arrays(), _reference_round(params, coefficients)):
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
-    assert np.array_equal(got.item_emb[11], params.item_emb[11]) and np.array_equal(got.item_emb[9], params.item_emb[9])
+    assert np.array_equal(got.tables["item"][11], params.tables["item"][11])
+    assert np.array_equal(got.tables["item"][9], params.tables["item"][9])
     assert state["round"] == 1 and metrics["examples"] == 8
     host = FederatedProcess(SPEC, WORK, coefficients, tff_runtime)
     select = SelectProcess(SPEC, WORK, coefficients, tff_runtime)
@@ -141,8 +146,8 @@ def test_fedavg_with_unit_coefficients_equals_dense_fedavg(tff_runtime):
     state, _ = process.next(process.initialize(params), [CLIENTS[i][0] for i in SAMPLED], seed=7)
     deltas = {i: _reference_local_training(params, CLIENTS[i][1], (7, k)) for k, i in enumerate(SAMPLED)}
     sizes = {i: len(CLIENTS[i][1]) for i in SAMPLED}
-    for k, base in enumerate(params.arrays()):
-        dense_fedavg = base + sum(sizes[i] * deltas[i][k] for i in SAMPLED) / sum(sizes.values())
+    for k, ((group, _, _), base) in enumerate(zip(SPEC.shapes(), params.arrays())):
+        dense_fedavg = base + (sum(sizes[i] * deltas[i][k] for i in SAMPLED) / sum(sizes.values()) if group != "private" else 0)
         np.testing.assert_allclose(state.params.arrays()[k], dense_fedavg, rtol=1e-5, atol=1e-6)
 
 
@@ -151,11 +156,13 @@ def test_clients_upload_only_ids_deltas_and_counts():
 
     comps = computations.build(SPEC, WORK)
     upload = comps.client_work.type_signature.result
-    assert [name for name, _ in tff.structure.to_elements(upload)] == ["item", "cat", "dense", "examples", "loss"]
-    for table in ("item", "cat"):
-        fields = dict(tff.structure.to_elements(upload[table]))
+    assert [name for name, _ in tff.structure.to_elements(upload)] == ["tables", "dense", "examples", "loss"]
+    assert [name for name, _ in tff.structure.to_elements(upload["tables"])] == ["item", "category"]
+    for table in ("item", "category"):
+        fields = dict(tff.structure.to_elements(upload["tables"][table]))
         assert set(fields) == {"ids", "rows"}
-        assert str(fields["ids"]) == "int32[?]" and str(fields["rows"]) == f"float32[?,{SPEC.embed_dim}]"
+        assert str(fields["ids"]) == "int32[?]" and str(fields["rows"]) == f"float32[?,{SPEC.config.embed_dim}]"
+    assert "user" not in str(upload)  # the private user vector never leaves the client
     assert str(upload["examples"]) == "float32" and str(upload["loss"]) == "float32"
     # nothing of the client data (examples, labels, history) is in the upload or at the server
     text = str(comps.round.type_signature.result)
@@ -170,12 +177,12 @@ def test_upload_size_is_what_the_client_computation_returns(tff_runtime):
     comps = computations.build(SPEC, WORK)
     params = init_params(SPEC, 1)
     client = CLIENTS[1][0]
-    dense = collections.OrderedDict(zip(computations.dense_names(SPEC), params.dense))
+    dense = collections.OrderedDict((n, params.dense[n]) for n in computations.dense_names(SPEC))
     out = tff_runtime.invoke(comps.client_work, (dense, client_input(client, params, (1, 2))))
-    arrays = [out["item"]["ids"], out["item"]["rows"], out["cat"]["ids"], out["cat"]["rows"], *out["dense"].values(),
+    arrays = [*(out["tables"][t][k] for t in ("item", "category") for k in ("ids", "rows")), *out["dense"].values(),
               out["examples"], out["loss"]]
     assert sum(np.asarray(a).nbytes for a in arrays) == upload_bytes(client, SPEC)
-    assert len(out["item"]["ids"]) == len(client.submodel.item_rows)  # one row per touched id, not per vocabulary row
+    assert len(out["tables"]["item"]["ids"]) == len(client.submodel.rows["item"])  # one row per touched id, not per vocabulary row
 
 
 def test_sampling_is_seeded_and_respects_availability():

@@ -158,3 +158,41 @@ def test_describe_real_taobao_slice_counts_the_dirty_row():
     head = describe(load("taobao", shared("taobao-userbehavior/UserBehavior_head.csv")))
     assert (head["rows"], head["users"]) == (4321, 43)
     assert np.isfinite(head["min_timestamp"])
+
+
+def test_sequence_fixture_derives_an_order_preserving_time(fixtures):
+    data = load("sequence", fixtures / "sequence.txt")
+    _check_canonical(data)
+    events = data.events
+    assert len(events) == 24 and events["user_id"].nunique() == 5 and (events["label"] == 1).all()
+    assert (events["category_id"] == -1).all() and data.items["categories"].map(len).eq(0).all()
+    for user, line in zip((1, 3, 5), ([11, 12, 13, 14, 15], [18, 11, 19, 12, 20, 21, 22], [23, 11, 23, 24, 25, 26])):
+        mine = events[events["user_id"] == user].sort_values("timestamp")
+        assert mine["item_id"].tolist() == line  # time order is the line's order, repeats kept
+        assert mine["timestamp"].diff().dropna().eq(1).all()
+    assert "position" in data.time_rule
+
+
+@pytest.mark.parametrize("text,message", [
+    ("1 2 3\n2 4 x5\n", "sequence.txt:2: item id 'x5' is not a non-negative integer"),
+    ("1 2 3\nu2 4 5\n", "sequence.txt:2: user id 'u2' is not a non-negative integer"),
+    ("1 2 3\n2 4 -5\n", "sequence.txt:2: item id '-5'"),
+    ("1 2 3\n2 4 5.0\n", "sequence.txt:2: item id '5.0'"),
+    ("1 2 3\n2 4 1234567890123456789\n", "sequence.txt:2: item id '1234567890123456789'"),
+    ("1 2 3\n\n7\n", "sequence.txt:3: user 7 has no items"),
+    ("1 2 3\n2 4\n1 5\n", "sequence.txt:3: user 1 already has a line (line 1)"),
+    ("\n \n", "sequence.txt: file is empty"),
+])
+def test_sequence_malformed_lines_name_file_and_line(tmp_path, text, message):
+    path = tmp_path / "sequence.txt"
+    path.write_text(text)
+    with pytest.raises(DataFormatError) as err:
+        load("sequence", path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sequence_non_utf8_names_its_line(tmp_path):
+    path = tmp_path / "sequence.txt"
+    path.write_bytes(b"1 2 3\n2 4 5\n3 \xff 6\n")
+    with pytest.raises(DataFormatError, match=r"sequence.txt:3: not valid utf-8"):
+        load("sequence", path)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from recfl.app.cli import main
+from recfl.app.commands.run import summary_lines
 from recfl.app.pipeline import ARMS, stages
 
 TINY = """
@@ -68,7 +69,10 @@ def test_every_stage_runs_and_the_report_compares_all_arms(finished, capsys):
     assert (out / "ab" / "report.html").stat().st_size > 10_000
     run = json.loads((out / "run.json").read_text())
     assert set(run["stages"]) == {s.name for s in stages()}
-    assert set(run["stages"]["ab"]["gauc"]) == set(ARMS)
+    primary = run["stages"]["ab"]["primary"]
+    assert primary["metric"] == "gauc" and set(primary["values"]) == set(ARMS)
+    assert 0 < primary["counted"] <= primary["users"] == 8
+    assert summary_lines(primary)[0].startswith(f"gauc (primary metric) on the device users' test events: {primary['counted']} of 8")
     assert run["stages"]["pool"]["pool_dir"] and run["stages"]["candidates"]["rows"] > 0
 
 

@@ -7,10 +7,10 @@ import pytest
 
 from recfl.core.errors import RecflError
 from recfl.core.features import Examples
-from recfl.core.model import ModelSpec, init_params, predict
+from recfl.core.models import ModelConfig, ModelSpec, init_params, predict
 from recfl.core.submodel import Submodel
 
-SPEC = ModelSpec(item_rows=300, category_rows=20, embed_dim=4, hidden=(8,), history=5, max_categories=2)
+SPEC = ModelSpec.build(ModelConfig(embed_dim=4, hidden=(8,), history=5, max_categories=2), {"items": 300, "categories": 20})
 
 
 def _examples(seed, n=40):
@@ -26,20 +26,20 @@ def _examples(seed, n=40):
 def test_local_predictions_equal_global_ones():
     params = init_params(SPEC, 0)
     a, b = _examples(1), _examples(2)
-    sub = Submodel.covering(a, b)
-    assert list(sub.item_rows[:2]) == [0, 1] and np.all(np.diff(sub.item_rows) > 0)
+    sub = Submodel.covering(SPEC, a, b)
+    assert list(sub.rows["item"][:2]) == [0, 1] and np.all(np.diff(sub.rows["item"]) > 0)
     local = sub.localize(b)
     assert local.hist[:, :2].max() == 0  # PAD stays 0
     small = sub.extract(params)
-    sub_spec = SPEC.with_rows(*sub.sizes)
+    sub_spec = SPEC.with_rows(sub.sizes)
     np.testing.assert_allclose(predict(sub_spec, small, local.inputs()), predict(SPEC, params, b.inputs()), rtol=1e-6)
-    padded = sub.extract(params, capacity=(200, 20))
-    np.testing.assert_allclose(predict(SPEC.with_rows(200, 20), padded, local.inputs()), predict(SPEC, params, b.inputs()), rtol=1e-6)
+    padded = sub.extract(params, capacity={"item": 200, "category": 20})
+    np.testing.assert_allclose(predict(SPEC.with_rows({"item": 200, "category": 20}), padded, local.inputs()), predict(SPEC, params, b.inputs()), rtol=1e-6)
 
 
 def test_uncovered_rows_and_small_capacity_are_refused():
-    sub = Submodel.covering(_examples(1))
+    sub = Submodel.covering(SPEC, _examples(1))
     with pytest.raises(ValueError, match="outside the submodel"):
         sub.localize(_examples(3))
     with pytest.raises(RecflError, match="capacity"):
-        sub.extract(init_params(SPEC, 0), capacity=(5, 20))
+        sub.extract(init_params(SPEC, 0), capacity={"item": 5, "category": 20})

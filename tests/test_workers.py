@@ -77,7 +77,7 @@ def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path, workers)
     """Two `recfl worker` processes split each round's chunks and reach the one-worker result;
     the TFF iterative process (federated_select) reaches it too."""
     from recfl.core.federated.simulate import FederatedConfig, simulate
-    from recfl.core.model import ModelConfig
+    from recfl.core.models import ModelConfig
 
     fed = FederatedConfig(rounds=3, clients_per_round=8, eval_every=3, seed=4, chunk_clients=3)
     model = ModelConfig(embed_dim=4, hidden=(8,))

@@ -40,6 +40,7 @@ from cloud_pool.pool import build_pool
 from device.personalize import personalize
 from device.sample_filter import FilterConfig
 from device.tflite_trainer import FinetuneConfig
+from recfl.app.candidates import candidate_source
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset, prepare
 from recfl.core.formats import load
@@ -95,7 +96,7 @@ def carve_validation(test_split: Path, out: Path):
     source = PreparedDataset(test_split)
     m = source.manifest
     carved = SourceData(f"{m['source']} (training events only)", str(source.root), m["label_rule"], source.train, source.items)
-    return prepare(carved, out, m["test_fraction"], m["seed"], m["min_count"])
+    return prepare(carved, out, source.settings)
 
 
 def setup_split(root: Path, budgets: set[float]) -> None:
@@ -123,8 +124,9 @@ def personalize_run(root: Path, run: Run, workers: int) -> Path:
     if out.is_file():
         return out
     doc = config.load(None, list(run.sets))
-    summary = personalize(PreparedDataset(root / "data"), root / "model", run.arm, out, root / "pool", root / _cands(run.budget),
-                          workers=workers, filter_config=config.section(FilterConfig, doc, "filter"),
+    data = PreparedDataset(root / "data")
+    summary = personalize(data, root / "model", run.arm, out, root / "pool",
+                          candidate_source(data, root / "pool", root / _cands(run.budget)), workers=workers, filter_config=config.section(FilterConfig, doc, "filter"),
                           finetune_config=config.section(FinetuneConfig, doc, "finetune"), progress=False)
     log.info("%s: gAUC %.4f in %.0f s", run.name, summary["metrics"]["gauc"], summary["seconds"])
     return out

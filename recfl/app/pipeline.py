@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ab_testing.evaluate import AbConfig, evaluate
@@ -37,14 +38,16 @@ from device.personalize import device_users, personalize
 from device.sample_filter import FilterConfig
 from device.tflite_trainer import FinetuneConfig
 from recfl.app.candidates import candidate_source
+from recfl.app.evaluable import evaluable, require_evaluable
 from recfl.core import config
 from recfl.core.atomic import write_json_atomic
 from recfl.core.candidates import read_candidates
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare_from_config
 from recfl.core.errors import RecflError
+from recfl.core.evaluable import coverage, need
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.formats import SyntheticSpec
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.pool import load_split, pool_summary
 from recfl.core.train import TrainConfig, train_cloud_model
 
@@ -62,9 +65,10 @@ class RunConfig:
 
     device_users: int = 200  # personalize and evaluate the first N device users by id (0 = all)
     workers: int = 2  # parallel device processes during personalization
+    min_evaluable_users: int = 50  # stop before training when fewer evaluated users count for [ab] primary (0 = never)
 
     def __post_init__(self):
-        config.check_limits(self, "run", device_users=">= 0", workers=">= 1")
+        config.check_limits(self, "run", device_users=">= 0", workers=">= 1", min_evaluable_users=">= 0")
 
 
 @dataclass
@@ -93,12 +97,14 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: ``settings`` (fingerprinted) and ``run`` (returns a JSON summary)."""
+    """One step: ``settings`` (fingerprinted), ``run`` (returns a JSON summary) and an optional
+    ``check`` of its result, run whether the stage ran or was skipped (it may stop the pipeline)."""
 
     name: str
     settings: Callable[[RunContext], dict]
     run: Callable[[RunContext, Path], dict]
     depends: tuple[str, ...] = ()
+    check: Callable[[RunContext], None] | None = None
 
 
 def _fingerprint(payload: dict) -> str:
@@ -116,7 +122,19 @@ def _data_settings(ctx: RunContext) -> dict:
 
 def _data_run(ctx: RunContext, out: Path) -> dict:
     data = PreparedDataset(ctx.data_dir) if ctx.data_dir is not None else prepare_from_config(ctx.section(DataConfig, "data"), ctx.doc, out)
-    return {"data_dir": str(data.root), "source": data.manifest["source"], "train": data.manifest["train"], "test": data.manifest["test"]}
+    return {"data_dir": str(data.root), "source": data.manifest["source"], "train": data.manifest["train"], "test": data.manifest["test"],
+            "split": data.manifest.get("split"), "negatives": data.negatives}
+
+
+def _data_check(ctx: RunContext) -> None:
+    """Before anything trains: how many users each metric can count; stop if the primary metric counts too few."""
+    data = ctx.data
+    report = evaluable(data.train, data.test, ctx.section(AbConfig, "ab"), ctx.section(PoolConfig, "pool"), ctx.run.device_users)
+    for group in ("all", "device", "evaluated"):
+        counts = report[group]
+        log.info("users who can count, %s (%d users, %d with test events): %s", group, counts["users"], counts["with_test"],
+                 ", ".join(f"{m} {counts[m]}" for m in report["needs"]))
+    require_evaluable(report, ctx.run.min_evaluable_users)
 
 
 def _pool_settings(ctx: RunContext) -> dict:
@@ -212,19 +230,30 @@ def _ab_settings(ctx: RunContext) -> dict:
 
 
 def _ab_run(ctx: RunContext, out: Path) -> dict:
-    cfg = ctx.section(AbConfig, "ab")
+    cfg = ctx.section(AbConfig, "ab").with_primary
     files = [ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS]
     activity = ctx.data.train["user_id"].value_counts().rename("train_events")
-    result = evaluate(read_predictions(files), CONTROL, cfg, activity, progress=True)
+    predictions = read_predictions(files)
+    result = evaluate(predictions, CONTROL, cfg, activity, progress=True)
     paths = write_report(result, out)
-    headline = {v.arm: {"value": v.value, "ci": list(v.ci)} for v in result.values if v.segment == "all" and v.metric == "gauc"}
-    return {**paths, "gauc": headline, "warnings": result.warnings}
+    control = predictions.of(CONTROL)
+    users = coverage(control, [cfg.primary], {"evaluated": np.unique(control["user_id"].to_numpy())})["evaluated"]
+    values = {v.arm: {"value": _finite(v.value), "ci": [_finite(c) for c in v.ci]}
+              for v in result.values if v.segment == "all" and v.metric == cfg.primary}
+    primary = {"metric": cfg.primary, "needs": need(cfg.primary), "users": users["users"], "counted": users[cfg.primary],
+               "values": values}
+    return {**paths, "primary": primary, "warnings": result.warnings}
+
+
+def _finite(value: float) -> float | None:
+    """A metric value for the run summary: None where it is undefined, never NaN."""
+    return float(value) if np.isfinite(value) else None
 
 
 def stages() -> tuple[Stage, ...]:
     """The pipeline in dependency order."""
     return (
-        Stage("data", _data_settings, _data_run),
+        Stage("data", _data_settings, _data_run, check=_data_check),
         Stage("pool", _pool_settings, _pool_run, depends=("data",)),
         Stage("cloud_model", _cloud_settings, _cloud_run, depends=("pool",)),
         _federated_stage("fedsubavg"),
@@ -257,6 +286,8 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
             write_json_atomic(marker, {"fingerprint": fingerprint, "result": result, "seconds": round(time.time() - started, 2)})
             ctx.results[stage.name] = result
             log.info("%s: done in %.1fs", label, time.time() - started)
+        if stage.check is not None:
+            stage.check(ctx)
         fingerprints[stage.name] = fingerprint
     write_json_atomic(ctx.out / "run.json", {"stages": ctx.results, "fingerprints": fingerprints})
     return ctx.results

@@ -14,7 +14,7 @@ from recfl.core import config
 from recfl.core.dataset import DataConfig
 from recfl.core.federated.simulate import FederatedConfig
 from recfl.core.formats import SyntheticSpec
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.train import TrainConfig
 from streaming.settings import StreamConfig
 

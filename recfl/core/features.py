@@ -14,7 +14,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from recfl.core.schema import SAMPLED
 from recfl.core.vocab import PAD, Vocabulary
+
+FIELDS = ("item", "cats", "hist")  # the batch fields a model reads (see Examples)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,11 @@ class Examples:
     label: np.ndarray  # float32 [N]
     user_id: np.ndarray  # int64 [N]   raw user id (for grouping and metrics, not a model input)
     timestamp: np.ndarray  # int64 [N]
+    weight: np.ndarray | None = None  # float32 [N]  loss weight of each example (ones when not given)
+
+    def __post_init__(self):
+        if self.weight is None:
+            self.weight = np.ones(len(self.label), np.float32)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -44,12 +52,26 @@ class Examples:
         return Examples(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """The three model inputs by name."""
-        return {"item": self.item, "cats": self.cats, "hist": self.hist}
+        """The model's input fields by name."""
+        return {f: getattr(self, f) for f in FIELDS}
+
+    def batch(self) -> dict[str, np.ndarray]:
+        """Input fields plus ``label`` and ``weight``: what a training step reads."""
+        return {**self.inputs(), "label": self.label, "weight": self.weight}
+
+    @staticmethod
+    def empty(spec: "FeatureSpec") -> "Examples":
+        """No examples, with the field widths of ``spec``."""
+        return Examples(np.zeros(0, np.int32), np.zeros((0, spec.max_categories), np.int32), np.zeros((0, spec.history), np.int32),
+                        np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     @staticmethod
     def concat(parts: list["Examples"]) -> "Examples":
         return Examples(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Examples)})
+
+
+def _sampled(events: pd.DataFrame) -> np.ndarray:
+    return events[SAMPLED].to_numpy(bool) if SAMPLED in events.columns else np.zeros(len(events), bool)
 
 
 def category_rows(items: pd.DataFrame, cat_vocab: Vocabulary, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +105,10 @@ class Encoder:
         ts = np.concatenate([events["timestamp"].to_numpy(np.int64), pos["timestamp"].to_numpy(np.int64)])
         eid = np.concatenate([events["event_id"].to_numpy(str), pos["event_id"].to_numpy(str)])
         row = np.concatenate([np.arange(n), np.arange(len(pos))])
-        order = np.lexsort((flag, eid, ts, user))  # an event sorts before its own positive
+        # at one timestamp, sampled negatives come first (they never see the positive they were drawn for),
+        # then real events by id; an event sorts before its own positive
+        real = np.concatenate([~_sampled(events), np.ones(len(pos), bool)])
+        order = np.lexsort((flag, eid, real, ts, user))
         f = flag[order]
         before = np.cumsum(f) - f  # positives strictly earlier in the sorted order
         first = np.r_[True, user[order][1:] != user[order][:-1]]

@@ -17,6 +17,17 @@ behavior   string  optional raw behaviour ("pv", "buy", "rating:4", ...)
 Items may carry several categories (MovieLens genres); those live in the
 item table (``item_id``, ``categories`` as a list of int64), the first one is
 also the event's ``category_id``.
+
+A prepared split (``train.parquet``, ``test.parquet``) adds one column,
+``sampled`` (bool): True for a **sampled negative** (an item the user never
+interacted with, drawn by :mod:`recfl.core.negatives`: label 0, the
+timestamp of the positive it was drawn for, behavior null, event id
+``sampled:`` + 16 hex digits of a hash of (user, item, timestamp)), False
+for an event of the source.
+Predictions files carry the same column after the six they require, so a
+report can tell sampled from real negatives; readers that need only the six
+(the A/B harness) ignore it. Streams and the cloud pool never hold sampled
+events: they keep the canonical columns.
 """
 
 from __future__ import annotations
@@ -36,8 +47,13 @@ EVENT_COLUMNS: dict[str, str] = {
     "behavior": "string",
 }
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "category_id", "label", "timestamp")
+SAMPLED = "sampled"
+# The events of a prepared split: the canonical columns plus the sampled-negative marker.
+SPLIT_COLUMNS: dict[str, str] = {**EVENT_COLUMNS, SAMPLED: "bool"}
+SAMPLED_ID_PREFIX = "sampled:"
 # A predictions file (what a scorer writes and the A/B harness reads): one row per
-# scored test event, ``score`` a click probability in [0, 1], ``arm`` the scorer's name.
+# scored test event, ``score`` a click probability in [0, 1], ``arm`` the scorer's name;
+# recfl's scorers add ``sampled`` (PREDICTION_MARKER), which readers may ignore.
 PREDICTION_COLUMNS: dict[str, str] = {
     "user_id": "int64",
     "item_id": "int64",
@@ -46,6 +62,7 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "timestamp": "int64",
     "arm": "string",
 }
+PREDICTION_MARKER: dict[str, str] = {SAMPLED: "bool"}
 NO_CATEGORY = -1
 # 1990-01-01 .. 2100-01-01: anything outside is a corrupt timestamp, not an event.
 MIN_TIMESTAMP = 631_152_000
@@ -76,11 +93,12 @@ def unit_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
 
 
 def predictions_table(events: pd.DataFrame, scores: np.ndarray, arm: str) -> pd.DataFrame:
-    """The predictions file of ``arm``: ``events``' ids, label and timestamp with their ``scores``."""
-    out = events[["user_id", "item_id", "label", "timestamp"]].reset_index(drop=True)
+    """The predictions file of ``arm``: ``events``' ids, label, timestamp and sampled marker with their ``scores``."""
+    out = marked(events)[["user_id", "item_id", "label", "timestamp", SAMPLED]].reset_index(drop=True)
     out["score"] = np.asarray(scores, dtype=np.float64)
     out["arm"] = arm
-    return out[list(PREDICTION_COLUMNS)].astype(PREDICTION_COLUMNS)
+    columns = {**PREDICTION_COLUMNS, **PREDICTION_MARKER}
+    return out[list(columns)].astype(columns)
 
 
 def assign_event_ids(events: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -111,6 +129,11 @@ def conform(events: pd.DataFrame) -> pd.DataFrame:
         for c in EVENT_COLUMNS
     }
     return pd.DataFrame(data).astype(EVENT_COLUMNS)
+
+
+def marked(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` with the ``sampled`` marker column (False where it is missing: events of a source)."""
+    return events if SAMPLED in events.columns else events.assign(**{SAMPLED: False})
 
 
 def item_table(items: pd.DataFrame) -> pd.DataFrame:

@@ -1,22 +1,25 @@
 """Submodels: the embedding rows one device's data touches, under a compact local index.
 
-A device never needs the full tables: only the rows of the items (targets
-and history) and categories in its examples. :class:`Submodel` lists those
-global rows; local row ``k`` is global row ``item_rows[k]``. Rows 0 (PAD) and
-1 (OOV) always come first, so PAD stays 0 in local coordinates and masking
-works unchanged. The same mapping serves FedSubAvg clients (which upload
-deltas for exactly these rows) and TFLite fine-tuning (fixed-capacity tables).
+A device never needs whole tables: only the rows its examples read through
+each table's batch fields (for the built-in models, the items it scores or
+clicked, and their categories). :class:`Submodel` lists those global rows per
+table; local row ``k`` of a table is global row ``rows[table][k]``. Rows 0
+(PAD) and 1 (OOV) always come first, so PAD stays 0 in local coordinates and
+masking works unchanged. The same mapping serves FedSubAvg clients (which
+upload deltas for exactly these rows) and TFLite fine-tuning (fixed-capacity
+tables).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from recfl.core.errors import RecflError
 from recfl.core.features import Examples
-from recfl.core.model import ModelParams
+from recfl.core.models import ModelParams, ModelSpec
 from recfl.core.vocab import RESERVED
 
 
@@ -33,46 +36,44 @@ def _local(rows: np.ndarray, values: np.ndarray, name: str) -> np.ndarray:
     return pos
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Submodel:
-    """Global rows of the item and category tables held by one device, sorted."""
+    """Global rows of each table held by one device, sorted, plus which batch fields read which table."""
 
-    item_rows: np.ndarray
-    cat_rows: np.ndarray
+    rows: dict[str, np.ndarray]
+    fields: dict[str, str]  # batch field -> table
 
     @classmethod
-    def covering(cls, *parts: Examples) -> "Submodel":
-        """The rows every example in ``parts`` touches (targets, history, categories)."""
-        items = np.concatenate([np.concatenate([p.item.ravel(), p.hist.ravel()]) for p in parts])
-        cats = np.concatenate([p.cats.ravel() for p in parts])
-        return cls(_rows(items), _rows(cats))
+    def covering(cls, spec: ModelSpec, *parts: Examples) -> "Submodel":
+        """The rows every example in ``parts`` touches through each table's fields."""
+        fields = {f: t.name for t in spec.definition.tables for f in t.fields}
+        rows = {t.name: _rows(np.concatenate([getattr(p, f).ravel() for p in parts for f in t.fields]))
+                for t in spec.definition.tables}
+        return cls(rows, fields)
 
     @property
-    def sizes(self) -> tuple[int, int]:
-        return len(self.item_rows), len(self.cat_rows)
+    def sizes(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in self.rows.items()}
 
     def localize(self, examples: Examples) -> Examples:
         """The same examples with global rows replaced by local ones (all must be covered)."""
-        return Examples(
-            item=_local(self.item_rows, examples.item, "item"),
-            cats=_local(self.cat_rows, examples.cats, "category"),
-            hist=_local(self.item_rows, examples.hist, "item"),
-            label=examples.label,
-            user_id=examples.user_id,
-            timestamp=examples.timestamp,
-        )
+        return replace(examples, **{f: _local(self.rows[t], getattr(examples, f), t) for f, t in self.fields.items()})
 
-    def extract(self, params: ModelParams, capacity: tuple[int, int] | None = None) -> ModelParams:
-        """The device's weights: its rows of each table (zero-padded to ``capacity``), all dense layers."""
-        items, cats = params.item_emb[self.item_rows], params.cat_emb[self.cat_rows]
-        if capacity is not None:
-            items, cats = _pad(items, capacity[0], "item"), _pad(cats, capacity[1], "category")
-        return ModelParams(items, cats, [d.copy() for d in params.dense])
+    def extract(self, params: ModelParams, capacity: Mapping[str, int] | None = None) -> ModelParams:
+        """The device's weights: its rows of each table (zero-padded to ``capacity`` rows per table), all dense
+        and private weights."""
+        tables = {}
+        for name, table in params.tables.items():
+            local = table[self.rows[name]]
+            tables[name] = _pad(local, capacity[name], name) if capacity is not None else local
+        return ModelParams(tables, {k: v.copy() for k, v in params.dense.items()},
+                           {k: v.copy() for k, v in params.private.items()})
 
     def payload_bytes(self, params: ModelParams) -> int:
-        """Bytes a device downloads for this submodel: its rows, their ids, the dense layers."""
-        d = params.item_emb.shape[1] * params.item_emb.itemsize
-        return int((len(self.item_rows) + len(self.cat_rows)) * (d + 4) + sum(x.nbytes for x in params.dense))
+        """Bytes a device downloads for this submodel: its rows, their ids, the dense layers (private weights
+        start at zero on the device and are never sent)."""
+        rows = sum(len(self.rows[n]) * (t.shape[1] * t.itemsize + 4) for n, t in params.tables.items())
+        return int(rows + sum(x.nbytes for x in params.dense.values()))
 
 
 def _pad(table: np.ndarray, capacity: int, name: str) -> np.ndarray:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfl.core.tables import read_table
+
 PAD = 0
 OOV = 1
 RESERVED = 2
@@ -57,6 +59,7 @@ class Vocabulary:
         pd.DataFrame({"id": self.ids, "count": self.counts}).to_parquet(path, index=False)
 
     @classmethod
-    def load(cls, path: Path) -> "Vocabulary":
-        table = pd.read_parquet(path)
+    def load(cls, path: Path, remedy: str = "the directory that holds it is incomplete; build it again") -> "Vocabulary":
+        """The vocabulary saved at ``path``; a missing or damaged file is one error ending in ``remedy``."""
+        table = read_table(path, remedy)
         return cls(table["id"].to_numpy(np.int64), table["count"].to_numpy(np.int64))

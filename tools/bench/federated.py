@@ -29,7 +29,7 @@ from recfl.core.federated.reference import build_tff_fedavg, client_dataset
 from recfl.core.federated.runtime import Runtime
 from recfl.core.federated.tff_process import SelectProcess
 from recfl.core.formats import SyntheticSpec, load
-from recfl.core.model import ModelConfig, ModelSpec, init_params
+from recfl.core.models import ModelConfig, ModelSpec, init_params, vocabulary_sizes
 from tools.bench import Figure, median_seconds, peak_rss_mb
 
 BENCH = "federated"
@@ -52,12 +52,12 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
     import tensorflow_federated as tff
 
 
-    d, rng = spec.embed_dim, np.random.default_rng(0)
-    sparse = [{"ids": c.submodel.item_rows, "rows": rng.standard_normal((len(c.submodel.item_rows), d)).astype(np.float32)}
+    d, rows, rng = spec.config.embed_dim, spec.table_rows("item"), np.random.default_rng(0)
+    sparse = [{"ids": c.submodel.rows["item"], "rows": rng.standard_normal((len(c.submodel.rows["item"]), d)).astype(np.float32)}
               for c in clients]
     dense = []
     for up in sparse:
-        table = np.zeros((spec.item_rows, d), np.float32)
+        table = np.zeros((rows, d), np.float32)
         table[up["ids"]] = up["rows"]
         dense.append(table)
 
@@ -65,7 +65,7 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
     def sparse_total(uploads):
         return sparse_sum(uploads, d)
 
-    @tff.federated_computation(tff.FederatedType(tff.TensorType(np.float32, [spec.item_rows, d]), tff.CLIENTS))
+    @tff.federated_computation(tff.FederatedType(tff.TensorType(np.float32, [rows, d]), tff.CLIENTS))
     def dense_total(uploads):
         return tff.federated_sum(uploads)
 
@@ -76,9 +76,10 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
 def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         data, label = _case_data(name, Path(tmp), quick)
-        spec = ModelSpec.build(ModelConfig(), data.item_vocab.size, data.category_vocab.size)
+        spec = ModelSpec.build(ModelConfig(), vocabulary_sizes(data))
         if name != "movielens-100k":  # the table is sized to the full catalogue, not only items seen in train
-            spec = spec.with_rows(max(spec.item_rows, 100_000 if quick else 1_000_000), spec.category_rows)
+            spec = spec.with_rows({"item": max(spec.table_rows("item"), 100_000 if quick else 1_000_000),
+                                   "category": spec.table_rows("category")})
         population = Population(data, spec)
         chosen = np.random.default_rng(0).choice(len(population), size=clients_per_round * (repeats + 1), replace=False)
         rounds = [chosen[i * clients_per_round : (i + 1) * clients_per_round] for i in range(repeats + 1)]
@@ -123,8 +124,7 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
                     times.append(time.perf_counter() - started)
             reference = float(np.median(times))
             reference_mem = peak_rss_mb(runtime.local_worker_pid)
-        dense_bytes = 4.0 * (spec.item_rows * spec.embed_dim + spec.category_rows * spec.embed_dim
-                             + sum(int(np.prod(s)) for s in spec.dense_shapes()))
+        dense_bytes = 4.0 * sum(int(np.prod(shape)) for group, _, shape in spec.shapes() if group != "private")
 
     case = f"{label}, {clients_per_round} clients/round"
     return [
@@ -143,8 +143,31 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
     ]
 
 
+def _model_rounds(quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
+    """FedSubAvg round time of the attention model against the mean-pooled model: same clients, same rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, label = _case_data("movielens-100k", Path(tmp), quick)
+        times = {}
+        with Runtime() as runtime:
+            for name in ("mean", "attention"):
+                spec = ModelSpec.build(ModelConfig(name=name), vocabulary_sizes(data))
+                population = Population(data, spec)
+                chosen = np.random.default_rng(0).choice(len(population), size=clients_per_round * (repeats + 1), replace=False)
+                process = FederatedProcess(spec, ClientWork(), RowCoefficients.for_algorithm("fedavg", spec), runtime)
+                state, seconds = process.initialize(init_params(spec, 0)), []
+                for k in range(repeats + 1):  # the first round traces; not timed
+                    state, metrics = process.next(state, population.clients(chosen[k * clients_per_round : (k + 1) * clients_per_round]), 0)
+                    if k:
+                        seconds.append(metrics.seconds)
+                times[name] = float(np.median(seconds))
+    return [Figure(BENCH, f"round seconds, attention model ({label}, {clients_per_round} clients/round)", times["attention"], "s",
+                   "the mean-pooled model, same clients", times["mean"])]
+
+
 def run(size: str) -> list[Figure]:
     quick = size == "quick"
-    figures = _measure("movielens-100k", quick, clients_per_round=20 if quick else 50, repeats=2 if quick else 3)
+    clients, repeats = (20, 2) if quick else (50, 3)
+    figures = _measure("movielens-100k", quick, clients_per_round=clients, repeats=repeats)
+    figures += _model_rounds(quick, clients, repeats)
     figures += _measure("synthetic-large", quick, clients_per_round=10, repeats=2)
     return figures

@@ -21,7 +21,7 @@ from recfl.core.federated.computations import ClientWork
 from recfl.core.federated.process import FederatedProcess, RowCoefficients
 from recfl.core.federated.runtime import Runtime
 from recfl.core.formats import SyntheticSpec, load
-from recfl.core.model import ModelConfig, ModelSpec, init_params
+from recfl.core.models import ModelConfig, ModelSpec, init_params, vocabulary_sizes
 from tools.bench import Figure, in_fresh_process, peak_rss_mb
 
 BENCH = "federated_scale"
@@ -30,7 +30,7 @@ BENCH = "federated_scale"
 def _round_seconds(population_size: int, items: int, per_round: int, root: Path) -> tuple[float, float, float]:
     data = prepare(load("synthetic", None, SyntheticSpec(users=population_size, items=items, events_per_user=30, seed=3)),
                    root / f"p{population_size}-v{items}")
-    spec = ModelSpec.build(ModelConfig(), data.item_vocab.size, data.category_vocab.size).with_rows(items + 2, data.category_vocab.size)
+    spec = ModelSpec.build(ModelConfig(), vocabulary_sizes(data)).with_rows({"item": items + 2, "category": data.category_vocab.size})
     population = Population(data, spec)
     with Runtime() as runtime:
         process = FederatedProcess(spec, ClientWork(), RowCoefficients.for_algorithm("fedavg", spec), runtime, chunk_clients=100)

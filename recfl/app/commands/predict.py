@@ -10,7 +10,7 @@ from recfl.core.baselines import popularity_scores
 from recfl.core.dataset import PreparedDataset
 from recfl.core.features import encode
 from recfl.core.metrics import ctr_metrics
-from recfl.core.model import load_model, predict
+from recfl.core.models import load_model, predict
 from recfl.core.schema import predictions_table
 
 

@@ -28,12 +28,24 @@ def _run(args) -> int:
         overrides += [f"data.format={args.format}"] + ([f"data.path={json.dumps(args.path)}"] if args.path else [])
     results = run(Path(args.out), load_config(args.config, overrides), data_dir=args.data)
     ab = results["ab"]
-    print(f"gAUC on the device users' test events (95% bootstrap interval over users), control = {CONTROL}:")
-    for arm in ARMS:
-        value = ab["gauc"][arm]
-        print(f"  {arm:<14} {value['value']:.4f}  [{value['ci'][0]:.4f}, {value['ci'][1]:.4f}]")
+    print("\n".join(summary_lines(ab["primary"])))
     for warning in ab["warnings"]:
         print(f"  warning: {warning}")
     print(f"report: {Path(ab['report.html']).resolve()}")
     print(f"outputs: {Path(args.out).resolve()} (run.json lists every stage's results)")
     return 0
+
+
+def summary_lines(primary: dict) -> list[str]:
+    """The headline of a run: the primary metric, how many users it counts, each arm's value (never NaN)."""
+    lines = [f"{primary['metric']} (primary metric) on the device users' test events: {primary['counted']} of "
+             f"{primary['users']} users count (a user needs {primary['needs']} among its test events); "
+             f"95% bootstrap interval over users, control = {CONTROL}:"]
+    for arm in ARMS:
+        value = primary["values"][arm]
+        if value["value"] is None:
+            lines.append(f"  {arm:<14} undefined: no user counts for {primary['metric']}")
+        else:
+            low, high = (f"{c:.4f}" if c is not None else "undefined" for c in value["ci"])
+            lines.append(f"  {arm:<14} {value['value']:.4f}  [{low}, {high}]")
+    return lines

@@ -11,7 +11,7 @@ from recfl.core.errors import RecflError
 from recfl.core.federated.runtime import serve
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.federated.transport import TLSFiles
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.pool import load_split
 
 

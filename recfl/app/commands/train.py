@@ -5,7 +5,7 @@ from __future__ import annotations
 from recfl.app.arguments import add_config_args, config_doc, print_json
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset
-from recfl.core.model import ModelConfig
+from recfl.core.models import ModelConfig
 from recfl.core.pool import load_split
 from recfl.core.train import TrainConfig, train_cloud_model
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from recfl.core.dataset import PreparedDataset
 from recfl.core.features import Encoder, Examples
-from recfl.core.model import ModelSpec
+from recfl.core.models import ModelSpec
 from recfl.core.submodel import Submodel
 
 
@@ -44,6 +44,7 @@ class Population:
         self.user_ids = user[starts]
         self._bounds = np.r_[starts, len(user)]
         self._encoder = Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)
+        self._spec, self._data = spec, data
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -55,18 +56,22 @@ class Population:
         """Training examples per client."""
         return np.diff(self._bounds)
 
-    def clients(self, indices: np.ndarray) -> list[ClientData]:
-        """The data of clients ``indices``: their events encoded (together, in one pass)
-        with each user's own click history, then split per client."""
+    def clients(self, indices: np.ndarray, round_number: int | None = None) -> list[ClientData]:
+        """The data of clients ``indices``: their events (plus, in round ``round_number``, sampled negatives
+        drawn for that round when the data set's rule asks for them) encoded together with each user's own
+        click history, then split per client. Without a round: the real events only (e.g. heat counts)."""
         if len(indices) == 0:
             return []
         events = pd.concat([self.events(i) for i in indices])
-        examples = self._encoder(events, events)
-        sizes = self.sizes()[indices]
-        out, lo = [], 0
-        for index, size in zip(indices, sizes):
-            mine = examples.take(slice(lo, lo + size))
-            submodel = Submodel.covering(mine)
+        if round_number is not None:
+            events = self._data.with_training_negatives(events, ("federated", round_number))
+        rank = pd.Index(self.user_ids[indices]).get_indexer(events["user_id"].to_numpy())  # client order
+        order = np.argsort(rank, kind="stable")
+        examples = self._encoder(events.iloc[order], events)
+        bounds = np.searchsorted(rank[order], np.arange(len(indices) + 1))
+        out = []
+        for k, index in enumerate(indices):
+            mine = examples.take(slice(bounds[k], bounds[k + 1]))
+            submodel = Submodel.covering(self._spec, mine)
             out.append(ClientData(int(self.user_ids[index]), submodel, submodel.localize(mine)))
-            lo += size
         return out

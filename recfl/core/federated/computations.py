@@ -1,10 +1,12 @@
 """The TFF computations of one round: client work, sparse aggregation, heat counts.
 
-A client receives its submodel (the rows its data touches, gathered by the
-server, plus the dense layers), runs local SGD epochs with the project's one
-model definition, and returns only row ids, example-weighted row deltas,
+A client receives its submodel (for every table, the rows its data touches,
+gathered by the server, plus the dense weights), runs local SGD epochs with
+the project's shared training step (:func:`recfl.core.models.train_step`),
+and returns only, per table, row ids and example-weighted row deltas, plus
 weighted dense deltas and its example count (and weighted loss, a metric).
-Sparse uploads are summed per row by ``federated_aggregate`` with a
+Its device-private weights start at zero, train locally and are never
+returned. Sparse uploads are summed per row by ``federated_aggregate`` with a
 concatenating accumulator whose report de-duplicates ids, so server work is
 proportional to the rows touched, not to the vocabulary. Results are
 unnormalised partial sums, so chunks of clients (and workers) merge exactly.
@@ -18,7 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from recfl.core.model import ModelSpec, sgd_step
+from recfl.core.features import FIELDS
+from recfl.core.models import ModelSpec, train_step
 
 
 @dataclass(frozen=True)
@@ -30,28 +33,41 @@ class ClientWork:
     learning_rate: float = 0.05
 
 
+def table_names(spec: ModelSpec) -> list[str]:
+    return [t.name for t in spec.definition.tables]
+
+
 def dense_names(spec: ModelSpec) -> list[str]:
-    return [f"{'w' if k % 2 == 0 else 'b'}{k // 2}" for k in range(len(spec.dense_shapes()))]
+    return [name for name, _ in spec.definition.dense]
+
+
+def _struct(items):
+    import tensorflow_federated as tff
+
+    return tff.StructWithPythonType(items, collections.OrderedDict)
+
+
+def field_types(spec: ModelSpec) -> list:
+    """TFF types of a client's examples: the batch fields, ``label`` and ``weight``."""
+    import tensorflow_federated as tff
+
+    c = spec.config
+    widths = {"item": [], "cats": [c.max_categories], "hist": [c.history]}
+    return ([(f, tff.TensorType(np.int32, [None, *widths[f]])) for f in FIELDS]
+            + [("label", tff.TensorType(np.float32, [None])), ("weight", tff.TensorType(np.float32, [None]))])
 
 
 def types(spec: ModelSpec):
-    """TFF types of the dense layers, of a client's input (rows gathered by the host) and of a heat upload."""
+    """TFF types of the dense weights, of a client's input (rows gathered by the host) and of a heat upload."""
     import tensorflow_federated as tff
 
-    d = spec.embed_dim
-    struct = lambda items: tff.StructWithPythonType(items, collections.OrderedDict)
-    dense = struct([(n, tff.TensorType(np.float32, s)) for n, s in zip(dense_names(spec), spec.dense_shapes())])
-    client = struct([
-        ("item_keys", tff.TensorType(np.int32, [None])), ("item_rows", tff.TensorType(np.float32, [None, d])),
-        ("cat_keys", tff.TensorType(np.int32, [None])), ("cat_rows", tff.TensorType(np.float32, [None, d])),
-        ("item", tff.TensorType(np.int32, [None])), ("cats", tff.TensorType(np.int32, [None, spec.max_categories])),
-        ("hist", tff.TensorType(np.int32, [None, spec.history])), ("label", tff.TensorType(np.float32, [None])),
-        ("seed", tff.TensorType(np.int32, [2])),
-    ])
-    heat_client = struct([
-        ("item_keys", tff.TensorType(np.int32, [None])), ("cat_keys", tff.TensorType(np.int32, [None])),
-        ("examples", tff.TensorType(np.float32)),
-    ])
+    dense = _struct([(n, tff.TensorType(np.float32, s)) for n, s in spec.definition.dense])
+    rows = []
+    for t in spec.definition.tables:
+        rows += [(f"{t.name}_keys", tff.TensorType(np.int32, [None])), (f"{t.name}_rows", tff.TensorType(np.float32, [None, t.dim]))]
+    client = _struct(rows + field_types(spec) + [("seed", tff.TensorType(np.int32, [2]))])
+    heat_client = _struct([(f"{t}_keys", tff.TensorType(np.int32, [None])) for t in table_names(spec)]
+                          + [("examples", tff.TensorType(np.float32))])
     return dense, client, heat_client
 
 
@@ -59,21 +75,16 @@ def sparse_type(width: int):
     """Rows of one table: ``ids`` and their ``rows``."""
     import tensorflow_federated as tff
 
-    return tff.StructWithPythonType(
-        [("ids", tff.TensorType(np.int32, [None])), ("rows", tff.TensorType(np.float32, [None, width]))],
-        collections.OrderedDict,
-    )
+    return _struct([("ids", tff.TensorType(np.int32, [None])), ("rows", tff.TensorType(np.float32, [None, width]))])
 
 
 def aggregate_type(spec: ModelSpec):
-    """The type of summed uploads: per-row sums, dense sums, examples, weighted loss."""
+    """The type of summed uploads: per-row sums of each table, dense sums, examples, weighted loss."""
     import tensorflow_federated as tff
 
     dense_t, _, _ = types(spec)
-    return tff.StructWithPythonType([
-        ("item", sparse_type(spec.embed_dim)), ("cat", sparse_type(spec.embed_dim)), ("dense", dense_t),
-        ("examples", tff.TensorType(np.float32)), ("loss", tff.TensorType(np.float32)),
-    ], collections.OrderedDict)
+    return _struct([("tables", _struct([(t.name, sparse_type(t.dim)) for t in spec.definition.tables])), ("dense", dense_t),
+                    ("examples", tff.TensorType(np.float32)), ("loss", tff.TensorType(np.float32))])
 
 
 def sparse_sum(values, width: int):
@@ -104,34 +115,39 @@ def aggregate(uploads, spec: ModelSpec):
     import tensorflow_federated as tff
 
     return tff.federated_zip(collections.OrderedDict(
-        item=sparse_sum(uploads.item, spec.embed_dim),
-        cat=sparse_sum(uploads.cat, spec.embed_dim),
+        tables=tff.federated_zip(collections.OrderedDict(
+            (t.name, sparse_sum(uploads.tables[t.name], t.dim)) for t in spec.definition.tables)),
         dense=tff.federated_sum(uploads.dense),
         examples=tff.federated_sum(uploads.examples),
         loss=tff.federated_sum(uploads.loss),
     ))
 
 
-def client_update(dense, item_keys, item_rows, cat_keys, cat_rows, x, work: ClientWork, names: list[str]):
+def client_update(spec: ModelSpec, dense, rows: dict, x, work: ClientWork):
     """A client's whole upload: local SGD from its rows, then ids, example-weighted deltas, its count.
 
-    The only thing that leaves a client, whichever way its rows arrived.
+    ``rows`` maps each table to ``(keys, rows)``. The only thing that leaves a
+    client, whichever way its rows arrived.
     """
     import tensorflow as tf
 
-    start = [item_rows, cat_rows, *(dense[n] for n in names)]
-    end, loss = local_sgd(start, x, work)
+    tables = table_names(spec)
+    private = [tf.zeros(shape, tf.float32) for _, shape in spec.definition.private]
+    start = [rows[t][1] for t in tables] + [dense[n] for n in dense_names(spec)] + private
+    end, loss = local_sgd(spec, start, x, work)
     n = tf.cast(tf.shape(x["label"])[0], tf.float32)
+    k = len(tables)
     return collections.OrderedDict(
-        item=collections.OrderedDict(ids=item_keys, rows=n * (end[0] - start[0])),
-        cat=collections.OrderedDict(ids=cat_keys, rows=n * (end[1] - start[1])),
-        dense=collections.OrderedDict((name, n * (e - s)) for name, s, e in zip(names, start[2:], end[2:])),
+        tables=collections.OrderedDict(
+            (t, collections.OrderedDict(ids=rows[t][0], rows=n * (end[i] - start[i]))) for i, t in enumerate(tables)),
+        dense=collections.OrderedDict(
+            (name, n * (end[k + j] - start[k + j])) for j, name in enumerate(dense_names(spec))),
         examples=n,
         loss=n * loss,
     )
 
 
-def local_sgd(params: list, x, work: ClientWork):
+def local_sgd(spec: ModelSpec, params: list, x, work: ClientWork):
     """``work.epochs`` epochs of minibatch SGD over the client's examples (graph mode).
 
     Each epoch visits the examples in a stateless-random order seeded by the
@@ -142,13 +158,14 @@ def local_sgd(params: list, x, work: ClientWork):
 
     n = tf.shape(x["label"])[0]
     batches = (n + work.batch_size - 1) // work.batch_size
+    keys = [*FIELDS, "label", "weight"]
 
     def body(step, params, loss_sum):
         epoch, b = step // batches, step % batches
         order = tf.argsort(tf.random.stateless_uniform([n], seed=x["seed"] + tf.stack([0, epoch])))
         pick = order[b * work.batch_size : tf.minimum((b + 1) * work.batch_size, n)]
-        params, loss = sgd_step(params, tf.gather(x["item"], pick), tf.gather(x["cats"], pick),
-                                tf.gather(x["hist"], pick), tf.gather(x["label"], pick), work.learning_rate)
+        batch = {key: tf.gather(x[key], pick) for key in keys}
+        params, loss = train_step(spec, params, batch, work.learning_rate)
         return step + 1, params, loss_sum + loss
 
     steps, params, loss_sum = tf.while_loop(
@@ -160,7 +177,7 @@ def local_sgd(params: list, x, work: ClientWork):
 
 @dataclass(frozen=True)
 class Computations:
-    """The federated computations for one architecture and client-work setting."""
+    """The federated computations for one model and client-work setting."""
 
     client_work: object  # (dense, client) -> upload; the only thing a client returns
     round: object  # (dense@SERVER, clients@CLIENTS) -> partial sums @SERVER
@@ -174,11 +191,11 @@ def build(spec: ModelSpec, work: ClientWork) -> Computations:
     import tensorflow_federated as tff
 
     dense_t, client_t, heat_t = types(spec)
-    names = dense_names(spec)
+    tables = table_names(spec)
 
     @tff.tensorflow.computation(dense_t, client_t)
     def client_work(dense, x):
-        return client_update(dense, x["item_keys"], x["item_rows"], x["cat_keys"], x["cat_rows"], x, work, names)
+        return client_update(spec, dense, {t: (x[f"{t}_keys"], x[f"{t}_rows"]) for t in tables}, x, work)
 
     @tff.federated_computation(tff.FederatedType(dense_t, tff.SERVER), tff.FederatedType(client_t, tff.CLIENTS))
     def round_partial(dense, clients):
@@ -186,10 +203,12 @@ def build(spec: ModelSpec, work: ClientWork) -> Computations:
 
     @tff.tensorflow.computation(heat_t)
     def heat_upload(x):
-        counts = lambda keys: x["examples"] * tf.ones([tf.size(keys), 1], tf.float32)
+        def counts(keys):
+            return x["examples"] * tf.ones([tf.size(keys), 1], tf.float32)
+
         return collections.OrderedDict(
-            item=collections.OrderedDict(ids=x["item_keys"], rows=counts(x["item_keys"])),
-            cat=collections.OrderedDict(ids=x["cat_keys"], rows=counts(x["cat_keys"])),
+            tables=collections.OrderedDict(
+                (t, collections.OrderedDict(ids=x[f"{t}_keys"], rows=counts(x[f"{t}_keys"]))) for t in tables),
             examples=x["examples"],
         )
 
@@ -197,7 +216,8 @@ def build(spec: ModelSpec, work: ClientWork) -> Computations:
     def heat(clients):
         up = tff.federated_map(heat_upload, clients)
         return tff.federated_zip(collections.OrderedDict(
-            item=sparse_sum(up.item, 1), cat=sparse_sum(up.cat, 1), examples=tff.federated_sum(up.examples),
+            tables=tff.federated_zip(collections.OrderedDict((t, sparse_sum(up.tables[t], 1)) for t in tables)),
+            examples=tff.federated_sum(up.examples),
         ))
 
     return Computations(client_work, round_partial, heat)

@@ -8,8 +8,9 @@ round's sampled clients (n_i examples each)::
 FedSubAvg uses ``c_m = sum_all n_j / sum_{j in J_m} n_j`` (from heat counts
 gathered once by a federated computation), so a row's expected update is the
 average update of the clients that involve it; FedAvg uses ``c_m = 1``.
-Dense layers always use weighted FedAvg. The two algorithms are one code
-path that differs only in :class:`RowCoefficients`.
+Dense weights always use weighted FedAvg. The two algorithms are one code
+path that differs only in :class:`RowCoefficients`. Every table of the
+model follows the rule, whatever the model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from recfl.core.errors import RecflError
 from recfl.core.federated import computations
 from recfl.core.federated.clients import ClientData
 from recfl.core.federated.runtime import Runtime
-from recfl.core.model import ModelParams, ModelSpec
+from recfl.core.models import ModelParams, ModelSpec
 
 ALGORITHMS = ("fedsubavg", "fedavg")
 HEAT_CHUNK = 500  # heat uploads are a few ids per client: bigger chunks, fewer calls
@@ -33,10 +34,9 @@ HEAT_CHUNK = 500  # heat uploads are a few ids per client: bigger chunks, fewer 
 
 @dataclass(frozen=True)
 class Heat:
-    """Examples of all clients touching each row (``sum_{j in J_m} n_j``) and in total."""
+    """Examples of all clients touching each row (``sum_{j in J_m} n_j``), per table, and in total."""
 
-    item: np.ndarray
-    cat: np.ndarray
+    tables: dict[str, np.ndarray]
     total: float
 
 
@@ -44,18 +44,17 @@ class Heat:
 class RowCoefficients:
     """Per-row multipliers of the aggregated update, one array per table."""
 
-    item: np.ndarray
-    cat: np.ndarray
+    tables: dict[str, np.ndarray]
 
     @classmethod
     def for_algorithm(cls, algorithm: str, spec: ModelSpec, heat: Heat | None = None) -> "RowCoefficients":
         if algorithm == "fedavg":
-            return cls(np.ones(spec.item_rows, np.float32), np.ones(spec.category_rows, np.float32))
+            return cls({name: np.ones(rows, np.float32) for name, rows in spec.rows})
         if algorithm == "fedsubavg":
             if heat is None:
                 raise ValueError("FedSubAvg needs heat counts")
-            inv = lambda h: np.where(h > 0, heat.total / np.maximum(h, 1e-12), 0.0).astype(np.float32)
-            return cls(inv(heat.item), inv(heat.cat))
+            return cls({name: np.where(h > 0, heat.total / np.maximum(h, 1e-12), 0.0).astype(np.float32)
+                        for name, h in heat.tables.items()})
         raise RecflError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
@@ -91,19 +90,19 @@ def _merge_sparse(parts: list[dict], width: int) -> tuple[np.ndarray, np.ndarray
 def client_input(client: ClientData, params: ModelParams, seed: tuple[int, int]) -> collections.OrderedDict:
     """What the server sends a client (its rows) together with the client's own local data."""
     sub, ex = client.submodel, client.examples
-    return collections.OrderedDict(
-        item_keys=sub.item_rows, item_rows=params.item_emb[sub.item_rows],
-        cat_keys=sub.cat_rows, cat_rows=params.cat_emb[sub.cat_rows],
-        item=ex.item, cats=ex.cats, hist=ex.hist, label=ex.label,
-        seed=np.asarray(seed, dtype=np.int32),
-    )
+    value = collections.OrderedDict()
+    for name, table in params.tables.items():
+        value[f"{name}_keys"], value[f"{name}_rows"] = sub.rows[name], table[sub.rows[name]]
+    value.update((key, value_) for key, value_ in ex.batch().items())
+    value["seed"] = np.asarray(seed, dtype=np.int32)
+    return value
 
 
 def upload_bytes(client: ClientData, spec: ModelSpec) -> int:
-    """Bytes a client uploads: (id, row delta) per submodel row, dense deltas, two scalars."""
-    rows = len(client.submodel.item_rows) + len(client.submodel.cat_rows)
-    dense = sum(int(np.prod(s)) for s in spec.dense_shapes())
-    return 4 * (rows * (1 + spec.embed_dim) + dense + 2)
+    """Bytes a client uploads: (id, row delta) per submodel row of each table, dense deltas, two scalars."""
+    rows = sum(len(client.submodel.rows[t.name]) * (1 + t.dim) for t in spec.definition.tables)
+    dense = sum(int(np.prod(s)) for _, s in spec.definition.dense)
+    return 4 * (rows + dense + 2)
 
 
 class FederatedProcess:
@@ -145,38 +144,38 @@ class FederatedProcess:
         """The distributor: rows gathered here, chunks of clients over the workers; (new params, examples, mean loss)."""
         params = state.params
         inputs = [client_input(c, params, s) for c, s in zip(clients, seeds)]
-        dense = collections.OrderedDict(zip(self.names, params.dense))
+        dense = collections.OrderedDict((n, params.dense[n]) for n in self.names)
         parts = self.runtime.map_chunks(self.comps.round, self._chunks(inputs), shared=dense)
-        new = apply_update(params, parts, self.coefficients, self.server_lr, self.spec.embed_dim, self.names)
+        new = apply_update(self.spec, params, parts, self.coefficients, self.server_lr)
         examples = float(sum(float(p["examples"]) for p in parts))
         return new, examples, float(sum(float(p["loss"]) for p in parts)) / max(examples, 1.0)
 
     def heat(self, batches: Iterable[list[ClientData]]) -> Heat:
         """Per-row example counts over all clients (a federated sum of their row ids and counts),
         taken batch by batch so the population never has to be in memory at once."""
-        item, cat, total = np.zeros(self.spec.item_rows), np.zeros(self.spec.category_rows), 0.0
+        counts, total = {name: np.zeros(rows) for name, rows in self.spec.rows}, 0.0
         for clients in batches:
-            inputs = [collections.OrderedDict(item_keys=c.submodel.item_rows, cat_keys=c.submodel.cat_rows,
-                                              examples=np.float32(c.size)) for c in clients]
+            inputs = [collections.OrderedDict([*((f"{t}_keys", c.submodel.rows[t]) for t in counts),
+                                               ("examples", np.float32(c.size))]) for c in clients]
             parts = self.runtime.map_chunks(self.comps.heat, self._chunks(inputs, HEAT_CHUNK))
-            for counts, key in ((item, "item"), (cat, "cat")):
-                ids, sums = _merge_sparse([p[key] for p in parts], 1)
-                counts[ids] += sums[:, 0]
+            for name, table in counts.items():
+                ids, sums = _merge_sparse([p["tables"][name] for p in parts], 1)
+                table[ids] += sums[:, 0]
             total += sum(float(p["examples"]) for p in parts)
-        return Heat(item, cat, total)
+        return Heat(counts, total)
 
     def _chunks(self, inputs: list, size: int | None = None) -> list[list]:
         size = size or self.chunk_clients
         return [inputs[i : i + size] for i in range(0, len(inputs), size)]
 
 
-def server_step(item_emb, cat_emb, dense: list, item_coef, cat_coef, total, names: list[str], server_lr: float):
-    """The server update in TF ops: the FedSubAvg/FedAvg row rule on the tables, weighted FedAvg on dense layers.
+def server_step(tables: dict, dense: list, coefficients: dict, total, names: list[str], server_lr: float):
+    """The server update in TF ops: the FedSubAvg/FedAvg row rule on each table, weighted FedAvg on dense weights.
 
     ``total`` holds the round's summed uploads (see
     :func:`recfl.core.federated.computations.aggregate_type`). Used inside the TFF
     process and, eagerly, by :func:`apply_update`; a round without examples
-    changes nothing. Returns (item table, category table, dense list).
+    changes nothing. Returns (tables dict, dense list).
     """
     import tensorflow as tf
 
@@ -187,18 +186,20 @@ def server_step(item_emb, cat_emb, dense: list, item_coef, cat_coef, total, name
         ids = up["ids"]
         return tf.tensor_scatter_nd_add(table, ids[:, None], scale * tf.gather(coef, ids)[:, None] * up["rows"])
 
-    return (rows(item_emb, item_coef, total["item"]), rows(cat_emb, cat_coef, total["cat"]),
+    return ({name: rows(table, coefficients[name], total["tables"][name]) for name, table in tables.items()},
             [w + scale * total["dense"][n] for w, n in zip(dense, names)])
 
 
-def apply_update(params: ModelParams, parts: list[dict], coefficients: RowCoefficients, server_lr: float,
-                 width: int, names: list[str]) -> ModelParams:
+def apply_update(spec: ModelSpec, params: ModelParams, parts: list[dict], coefficients: RowCoefficients,
+                 server_lr: float) -> ModelParams:
     """Merge the chunks' partial sums (float64), then apply :func:`server_step`."""
+    names = computations.dense_names(spec)
     total = {"examples": np.float32(sum(float(p["examples"]) for p in parts)),
-             "dense": {n: sum(np.asarray(p["dense"][n], np.float64) for p in parts).astype(np.float32) for n in names}}
-    for key in ("item", "cat"):
-        ids, sums = _merge_sparse([p[key] for p in parts], width)
-        total[key] = {"ids": ids.astype(np.int32), "rows": sums.astype(np.float32)}
-    item, cat, dense = server_step(params.item_emb, params.cat_emb, params.dense, coefficients.item, coefficients.cat,
-                                   total, names, server_lr)
-    return ModelParams.from_arrays([item, cat, *dense])
+             "dense": {n: sum(np.asarray(p["dense"][n], np.float64) for p in parts).astype(np.float32) for n in names},
+             "tables": {}}
+    for t in spec.definition.tables:
+        ids, sums = _merge_sparse([p["tables"][t.name] for p in parts], t.dim)
+        total["tables"][t.name] = {"ids": ids.astype(np.int32), "rows": sums.astype(np.float32)}
+    tables, dense = server_step(params.tables, [params.dense[n] for n in names], coefficients.tables, total, names, server_lr)
+    return ModelParams({k: np.asarray(v) for k, v in tables.items()}, {n: np.asarray(d) for n, d in zip(names, dense)},
+                       {k: v.copy() for k, v in params.private.items()})

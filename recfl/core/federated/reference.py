@@ -1,6 +1,6 @@
 """TFF's own ``build_weighted_fed_avg`` on recfl's model: the reference FedSubAvg is measured against.
 
-The Keras model wraps the same :func:`recfl.core.model.logits`, so both processes
+The Keras model wraps the same model forward (:class:`recfl.core.models.ModelDef`), so both processes
 train the same architecture on the same clients; TFF's learning process
 trains and uploads the full model (dense ``[V, d]`` embedding deltas).
 """
@@ -12,27 +12,26 @@ import collections
 import numpy as np
 
 from recfl.core.features import Examples
-from recfl.core.model import ModelSpec, logits
+from recfl.core.models import ModelSpec, weights_of
 
 
 def keras_model(spec: ModelSpec, seed: int = 0):
-    """A Keras model computing :func:`recfl.core.model.logits` (``[B, 1]``) over its own weights."""
+    """A Keras model computing the model's logits (``[B, 1]``) over its own weights (private ones fixed at zero)."""
     import tensorflow as tf
 
     class Recommender(tf.keras.Model):
         def __init__(self):
             super().__init__()
-            normal = lambda k: tf.keras.initializers.RandomNormal(stddev=0.05, seed=seed + k)
-            self.item_emb = self.add_weight(name="item_emb", shape=(spec.item_rows, spec.embed_dim), initializer=normal(0))
-            self.cat_emb = self.add_weight(name="cat_emb", shape=(spec.category_rows, spec.embed_dim), initializer=normal(1))
-            self.dense = [
-                self.add_weight(name=f"dense{k}", shape=shape,
-                                initializer="glorot_uniform" if len(shape) == 2 else "zeros")
-                for k, shape in enumerate(spec.dense_shapes())
-            ]
+            self.flat = []
+            for k, (group, name, shape) in enumerate(spec.shapes()):
+                if group == "tables":
+                    init = tf.keras.initializers.RandomNormal(stddev=0.05, seed=seed + k)
+                else:
+                    init = "glorot_uniform" if group == "dense" and len(shape) == 2 else "zeros"
+                self.flat.append(self.add_weight(name=name, shape=shape, initializer=init, trainable=group != "private"))
 
         def call(self, inputs, training=False):
-            return logits(self.item_emb, self.cat_emb, self.dense, inputs["item"], inputs["cats"], inputs["hist"])[:, None]
+            return spec.definition.forward(weights_of(spec, self.flat), inputs)[:, None]
 
     return Recommender()
 
@@ -40,10 +39,11 @@ def keras_model(spec: ModelSpec, seed: int = 0):
 def input_spec(spec: ModelSpec):
     import tensorflow as tf
 
+    c = spec.config
     features = collections.OrderedDict(
         item=tf.TensorSpec([None], tf.int32),
-        cats=tf.TensorSpec([None, spec.max_categories], tf.int32),
-        hist=tf.TensorSpec([None, spec.history], tf.int32),
+        cats=tf.TensorSpec([None, c.max_categories], tf.int32),
+        hist=tf.TensorSpec([None, c.history], tf.int32),
     )
     return features, tf.TensorSpec([None, 1], tf.float32)
 

@@ -40,7 +40,7 @@ from recfl.core.federated.sampling import Availability, sample_clients
 from recfl.core.federated.tff_process import SelectProcess
 from recfl.core.federated.transport import TLSFiles, WorkerLost
 from recfl.core.metrics import ctr_metrics
-from recfl.core.model import (
+from recfl.core.models import (
     ModelConfig,
     ModelParams,
     ModelSpec,
@@ -48,6 +48,7 @@ from recfl.core.model import (
     load_model,
     predict,
     save_model,
+    vocabulary_sizes,
 )
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,10 @@ def _save_checkpoint(path: Path, state: ServerState) -> None:
         np.savez(tmp, round=np.int64(state.round), *state.params.arrays())
 
 
-def _load_checkpoint(path: Path) -> ServerState:
+def _load_checkpoint(path: Path, spec: ModelSpec) -> ServerState:
     with np.load(path) as npz:
         arrays = [npz[f"arr_{i}"] for i in range(len(npz.files) - 1)]
-        return ServerState(ModelParams.from_arrays(arrays), int(npz["round"]))
+        return ServerState(ModelParams.from_arrays(spec, arrays), int(npz["round"]))
 
 
 def _start(spec: ModelSpec, model_config: ModelConfig, init: Path | None) -> ModelParams:
@@ -140,7 +141,7 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
                          "use the 'host' distributor to spread rounds over several --workers")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = ModelSpec.build(model_config, data.item_vocab.size, data.category_vocab.size)
+    spec = ModelSpec.build(model_config, vocabulary_sizes(data))
     settings = {
         "data": str(Path(data.root).resolve()), "init": str(init) if init else None,
         "federated": {k: v for k, v in config.as_table(fed).items() if k not in EXECUTION_ONLY},
@@ -167,7 +168,7 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
         with runtime:
             state = _run_rounds(out, fed, spec, model_config, init, resume, population, test, runtime, progress)
     except WorkerLost as lost:
-        done = _load_checkpoint(checkpoint).round if checkpoint.is_file() else 0
+        done = _load_checkpoint(checkpoint, spec).round if checkpoint.is_file() else 0
         raise WorkerLost(f"{lost}: the run stopped after round {done}; start the worker(s) again and continue with --resume") from None
 
     save_model(out / "model", spec, state.params, meta={"federated": settings})
@@ -191,7 +192,7 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
     heat = _heat(out, fed, population, spec, runtime)
     coefficients = RowCoefficients.for_algorithm(fed.algorithm, spec, heat)
     process = DISTRIBUTORS[fed.distributor](spec, fed.work, coefficients, runtime, fed.server_lr, fed.chunk_clients)
-    state = _load_checkpoint(checkpoint) if resume and checkpoint.is_file() else process.initialize(_start(spec, model_config, init))
+    state = _load_checkpoint(checkpoint, spec) if resume and checkpoint.is_file() else process.initialize(_start(spec, model_config, init))
     lines = _metric_lines(metrics_path, state.round)
     metrics_path.write_text("".join(line + "\n" for line in lines))
     if state.round:
@@ -201,7 +202,7 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
         while state.round < fed.rounds:
             started = time.perf_counter()
             chosen = sample_clients(state.round, len(population), fed.clients_per_round, fed.available, fed.seed)
-            state, metrics = process.next(state, population.clients(chosen), fed.seed)
+            state, metrics = process.next(state, population.clients(chosen, state.round), fed.seed)
             record = {**metrics.__dict__, "seconds": round(time.perf_counter() - started, 4)}
             if state.round % fed.eval_every == 0 or state.round == fed.rounds:
                 scores = predict(spec, state.params, test.inputs())
@@ -222,11 +223,11 @@ def _heat(out: Path, fed: FederatedConfig, population: Population, spec: ModelSp
     path = out / "heat.npz"
     if path.is_file():
         with np.load(path) as npz:
-            return Heat(npz["item"], npz["cat"], float(npz["total"]))
+            return Heat({t: npz[f"table_{t}"] for t, _ in spec.rows}, float(npz["total"]))
     process = FederatedProcess(spec, fed.work, RowCoefficients.for_algorithm("fedavg", spec), runtime, chunk_clients=fed.chunk_clients)
     step = 1000
     batches = (population.clients(np.arange(lo, min(lo + step, len(population)))) for lo in range(0, len(population), step))
     heat = process.heat(batches)
     with atomic_path(path) as tmp:
-        np.savez(tmp, item=heat.item, cat=heat.cat, total=heat.total)
+        np.savez(tmp, total=heat.total, **{f"table_{t}": counts for t, counts in heat.tables.items()})
     return heat

@@ -14,7 +14,8 @@
    kept in the server state (all ones for FedAvg) and weighted FedAvg on the
    dense layers (:func:`recfl.core.federated.process.server_step`).
 
-The state is ``item_emb, cat_emb, dense, item_coef, cat_coef, round``.
+The state is ``tables, dense, coefficients, round`` (one table and one
+coefficient vector per table of the model).
 :class:`~recfl.core.federated.process.FederatedProcess` runs the same client
 work, aggregation and server step, but gathers the rows on the host instead
 of with ``federated_select`` and spreads chunks of clients over several
@@ -38,7 +39,7 @@ from recfl.core.federated.process import (
     ServerState,
     server_step,
 )
-from recfl.core.model import ModelParams, ModelSpec
+from recfl.core.models import ModelParams, ModelSpec
 
 
 def key_capacity(rows: int) -> int:
@@ -48,108 +49,113 @@ def key_capacity(rows: int) -> int:
 
 def state_value(params: ModelParams, coefficients: RowCoefficients, round_number: int, spec: ModelSpec) -> collections.OrderedDict:
     """The process state as the Python value TFF takes and returns."""
+    tables = computations.table_names(spec)
     return collections.OrderedDict(
-        item_emb=params.item_emb, cat_emb=params.cat_emb,
-        dense=collections.OrderedDict(zip(computations.dense_names(spec), params.dense)),
-        item_coef=coefficients.item, cat_coef=coefficients.cat, round=np.int32(round_number),
+        tables=collections.OrderedDict((t, params.tables[t]) for t in tables),
+        dense=collections.OrderedDict((n, params.dense[n]) for n in computations.dense_names(spec)),
+        coefficients=collections.OrderedDict((t, coefficients.tables[t]) for t in tables), round=np.int32(round_number),
     )
 
 
 def params_of(state, spec: ModelSpec) -> ModelParams:
-    """The model weights of a process state."""
-    dense = [state["dense"][n] for n in computations.dense_names(spec)]
-    return ModelParams.from_arrays([state["item_emb"], state["cat_emb"], *dense])
+    """The model weights of a process state (the server holds no device-private weights: zeros)."""
+    return ModelParams({t: np.asarray(state["tables"][t]) for t in computations.table_names(spec)},
+                       {n: np.asarray(state["dense"][n]) for n in computations.dense_names(spec)},
+                       {n: np.zeros(s, np.float32) for n, s in spec.definition.private})
 
 
-def client_value(client: ClientData, capacity: tuple[int, int], seed: tuple[int, int]) -> collections.OrderedDict:
-    """What a client holds: the keys of its rows (padded with PAD), their count and its local examples."""
-    sub, ex = client.submodel, client.examples
-    pad = lambda keys, size: np.pad(np.asarray(keys, np.int32), (0, size - len(keys)))
-    return collections.OrderedDict(
-        item_keys=pad(sub.item_rows, capacity[0]), item_count=np.int32(len(sub.item_rows)),
-        cat_keys=pad(sub.cat_rows, capacity[1]), cat_count=np.int32(len(sub.cat_rows)),
-        item=ex.item, cats=ex.cats, hist=ex.hist, label=ex.label, seed=np.asarray(seed, dtype=np.int32),
-    )
+def client_value(client: ClientData, capacity: dict[str, int], seed: tuple[int, int]) -> collections.OrderedDict:
+    """What a client holds: the keys of its rows per table (padded with PAD), their counts and its local examples."""
+    value = collections.OrderedDict()
+    for name, keys in client.submodel.rows.items():
+        value[f"{name}_keys"] = np.pad(np.asarray(keys, np.int32), (0, capacity[name] - len(keys)))
+        value[f"{name}_count"] = np.int32(len(keys))
+    value.update(client.examples.batch())
+    value["seed"] = np.asarray(seed, dtype=np.int32)
+    return value
 
 
 def _state_type(spec: ModelSpec):
     import tensorflow_federated as tff
 
     dense_t, _, _ = computations.types(spec)
-    return tff.StructWithPythonType([
-        ("item_emb", tff.TensorType(np.float32, [spec.item_rows, spec.embed_dim])),
-        ("cat_emb", tff.TensorType(np.float32, [spec.category_rows, spec.embed_dim])),
+    struct = lambda items: tff.StructWithPythonType(items, collections.OrderedDict)
+    tables = spec.definition.tables
+    return struct([
+        ("tables", struct([(t.name, tff.TensorType(np.float32, [spec.table_rows(t.name), t.dim])) for t in tables])),
         ("dense", dense_t),
-        ("item_coef", tff.TensorType(np.float32, [spec.item_rows])),
-        ("cat_coef", tff.TensorType(np.float32, [spec.category_rows])),
+        ("coefficients", struct([(t.name, tff.TensorType(np.float32, [spec.table_rows(t.name)])) for t in tables])),
         ("round", tff.TensorType(np.int32)),
-    ], collections.OrderedDict)
+    ])
 
 
 @lru_cache(maxsize=16)
-def build_next(spec: ModelSpec, work: computations.ClientWork, capacity: tuple[int, int], server_lr: float = 1.0):
+def build_next(spec: ModelSpec, work: computations.ClientWork, capacity: tuple[tuple[str, int], ...], server_lr: float = 1.0):
     """The process's ``next``: ``(state@SERVER, clients@CLIENTS) -> (state@SERVER, metrics@SERVER)``
-    for clients of at most ``capacity`` (item, category) rows."""
+    for clients of at most ``capacity`` rows per table (``(table, rows)`` pairs)."""
     import tensorflow as tf
     import tensorflow_federated as tff
 
     names = computations.dense_names(spec)
+    tables = spec.definition.tables
+    cap = dict(capacity)
     dense_t, _, _ = computations.types(spec)
     state_t = _state_type(spec)
-    client_t = tff.StructWithPythonType([
-        ("item_keys", tff.TensorType(np.int32, [capacity[0]])), ("item_count", tff.TensorType(np.int32)),
-        ("cat_keys", tff.TensorType(np.int32, [capacity[1]])), ("cat_count", tff.TensorType(np.int32)),
-        ("item", tff.TensorType(np.int32, [None])), ("cats", tff.TensorType(np.int32, [None, spec.max_categories])),
-        ("hist", tff.TensorType(np.int32, [None, spec.history])), ("label", tff.TensorType(np.float32, [None])),
-        ("seed", tff.TensorType(np.int32, [2])),
-    ], collections.OrderedDict)
-    row_t = tff.TensorType(np.float32, [spec.embed_dim])
+    keys = []
+    for t in tables:
+        keys += [(f"{t.name}_keys", tff.TensorType(np.int32, [cap[t.name]])), (f"{t.name}_count", tff.TensorType(np.int32))]
+    client_t = tff.StructWithPythonType(keys + computations.field_types(spec) + [("seed", tff.TensorType(np.int32, [2]))],
+                                        collections.OrderedDict)
 
-    def selector(rows: int):
-        @tff.tensorflow.computation(tff.TensorType(np.float32, [rows, spec.embed_dim]), np.int32)
+    def selector(rows: int, width: int):
+        @tff.tensorflow.computation(tff.TensorType(np.float32, [rows, width]), np.int32)
         def select(table, key):
             return tf.gather(table, key)
 
         return select
 
-    def projection(key: str, value_t):
+    def projection(path: tuple[str, ...], value_t):
         @tff.tensorflow.computation(value_t)
         def project(value):
-            return value[key]
+            for key in path:
+                value = value[key]
+            return value
 
         return project
 
-    @tff.tensorflow.computation(dense_t, tff.SequenceType(row_t), tff.SequenceType(row_t), client_t)
-    def client_work(dense, item_rows, cat_rows, x):
-        def received(rows, size, count):  # the selected rows as one [count, d] tensor
-            return rows.batch(size, drop_remainder=True).get_single_element()[:count]
+    rows_t = tff.StructWithPythonType(
+        [(t.name, tff.SequenceType(tff.TensorType(np.float32, [t.dim]))) for t in tables], collections.OrderedDict)
 
-        return computations.client_update(
-            dense, x["item_keys"][: x["item_count"]], received(item_rows, capacity[0], x["item_count"]),
-            x["cat_keys"][: x["cat_count"]], received(cat_rows, capacity[1], x["cat_count"]), x, work, names)
+    @tff.tensorflow.computation(dense_t, rows_t, client_t)
+    def client_work(dense, received, x):
+        def rows(t):  # the selected rows of table t as one [count, d] tensor, with their keys
+            count = x[f"{t.name}_count"]
+            return x[f"{t.name}_keys"][:count], received[t.name].batch(cap[t.name], drop_remainder=True).get_single_element()[:count]
+
+        return computations.client_update(spec, dense, {t.name: rows(t) for t in tables}, x, work)
 
     @tff.tensorflow.computation(state_t, computations.aggregate_type(spec))
     def server_update(state, total):
-        item, cat, dense = server_step(state["item_emb"], state["cat_emb"], [state["dense"][n] for n in names],
-                                       state["item_coef"], state["cat_coef"], total, names, server_lr)
-        new = collections.OrderedDict(item_emb=item, cat_emb=cat, dense=collections.OrderedDict(zip(names, dense)),
-                                      item_coef=state["item_coef"], cat_coef=state["cat_coef"], round=state["round"] + 1)
+        new_tables, dense = server_step({t.name: state["tables"][t.name] for t in tables}, [state["dense"][n] for n in names],
+                                        {t.name: state["coefficients"][t.name] for t in tables}, total, names, server_lr)
+        new = collections.OrderedDict(tables=collections.OrderedDict((t.name, new_tables[t.name]) for t in tables),
+                                      dense=collections.OrderedDict(zip(names, dense)),
+                                      coefficients=state["coefficients"], round=state["round"] + 1)
         metrics = collections.OrderedDict(examples=total["examples"],
                                           train_loss=total["loss"] / tf.maximum(total["examples"], 1.0))
         return collections.OrderedDict(state=new, metrics=metrics)
 
     @tff.federated_computation(tff.FederatedType(state_t, tff.SERVER), tff.FederatedType(client_t, tff.CLIENTS))
     def next_round(state, clients):
-        def select(table: str, keys: str, rows: int):
+        def select(t):
             return tff.federated_select(
-                tff.federated_map(projection(keys, client_t), clients),
-                tff.federated_value(np.int32(rows - 1), tff.SERVER),
-                tff.federated_map(projection(table, state_t), state), selector(rows))
+                tff.federated_map(projection((f"{t.name}_keys",), client_t), clients),
+                tff.federated_value(np.int32(spec.table_rows(t.name) - 1), tff.SERVER),
+                tff.federated_map(projection(("tables", t.name), state_t), state), selector(spec.table_rows(t.name), t.dim))
 
-        dense = tff.federated_map(projection("dense", state_t), state)
-        uploads = tff.federated_map(client_work, (tff.federated_broadcast(dense),
-                                                  select("item_emb", "item_keys", spec.item_rows),
-                                                  select("cat_emb", "cat_keys", spec.category_rows), clients))
+        dense = tff.federated_map(projection(("dense",), state_t), state)
+        received = tff.federated_zip(collections.OrderedDict((t.name, select(t)) for t in tables))
+        uploads = tff.federated_map(client_work, (tff.federated_broadcast(dense), received, clients))
         updated = tff.federated_map(server_update, (state, computations.aggregate(uploads, spec)))
         return updated.state, updated.metrics
 
@@ -157,7 +163,7 @@ def build_next(spec: ModelSpec, work: computations.ClientWork, capacity: tuple[i
 
 
 def build_fedsubavg_process(spec: ModelSpec, work: computations.ClientWork, coefficients: RowCoefficients,
-                            initial: ModelParams, capacity: tuple[int, int], server_lr: float = 1.0):
+                            initial: ModelParams, capacity: dict[str, int], server_lr: float = 1.0):
     """A ``tff.templates.IterativeProcess`` of FedSubAvg (FedAvg with unit ``coefficients``).
 
     ``initialize()`` returns ``initial`` with the coefficients and round 0;
@@ -176,7 +182,7 @@ def build_fedsubavg_process(spec: ModelSpec, work: computations.ClientWork, coef
     def initialize():
         return tff.federated_eval(initial_state, tff.SERVER)
 
-    return tff.templates.IterativeProcess(initialize, build_next(spec, work, capacity, server_lr))
+    return tff.templates.IterativeProcess(initialize, build_next(spec, work, tuple(capacity.items()), server_lr))
 
 
 class SelectProcess(FederatedProcess):
@@ -187,9 +193,8 @@ class SelectProcess(FederatedProcess):
     """
 
     def _round(self, state: ServerState, clients: list[ClientData], seeds: list) -> tuple[ModelParams, float, float]:
-        capacity = (key_capacity(max(len(c.submodel.item_rows) for c in clients)),
-                    key_capacity(max(len(c.submodel.cat_rows) for c in clients)))
-        next_round = build_next(self.spec, self.work, capacity, self.server_lr)
+        capacity = {t: key_capacity(max(len(c.submodel.rows[t]) for c in clients)) for t in computations.table_names(self.spec)}
+        next_round = build_next(self.spec, self.work, tuple(capacity.items()), self.server_lr)
         inputs = [client_value(c, capacity, s) for c, s in zip(clients, seeds)]
         new, out = self.runtime.invoke(next_round, (state_value(state.params, self.coefficients, state.round, self.spec), inputs))
         return params_of(new, self.spec), float(out["examples"]), float(out["train_loss"])

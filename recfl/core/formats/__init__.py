@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recfl.core.errors import RecflError
-from recfl.core.formats import amazon, movielens, synthetic, taobao
+from recfl.core.formats import amazon, movielens, sequence, synthetic, taobao
 from recfl.core.formats.base import SourceData
 from recfl.core.formats.synthetic import SyntheticSpec, generate
 
@@ -15,12 +15,14 @@ LOADERS: dict[str, Callable[[Path], SourceData]] = {
     "movielens-1m": movielens.load_1m,
     "amazon-5core": amazon.load,
     "taobao": taobao.load,
+    "sequence": sequence.load,
 }
 LABEL_RULES = {
     "movielens-100k": movielens.LABEL_RULE,
     "movielens-1m": movielens.LABEL_RULE,
     "amazon-5core": amazon.LABEL_RULE,
     "taobao": taobao.LABEL_RULE,
+    "sequence": sequence.LABEL_RULE,
     "synthetic": synthetic.LABEL_RULE,
 }
 FORMATS = (*LOADERS, "synthetic")

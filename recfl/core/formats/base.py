@@ -29,6 +29,7 @@ class SourceData:
     events: pd.DataFrame
     items: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
+    time_rule: str = "timestamp = the source's event time (unix seconds)"
 
 
 def require_file(path: Path, what: str) -> Path:

@@ -1,0 +1,1 @@
+"""Models defined outside ``recfl/``: what a user plugs in with ``[model] name = "package.module:factory"``."""
