@@ -1,5 +1,5 @@
 """FedSubAvg / FedAvg in TFF: the aggregation rule against a NumPy reference, FedAvg
-equivalence, the privacy boundary, sampling, resume and a two-worker run."""
+equivalence, the privacy boundary, sampling and resume after a kill (workers: test_workers.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from recfl.core.federated.process import FederatedProcess, Heat, RowCoefficients
 from recfl.core.federated.sampling import Availability, sample_clients
 from recfl.core.models import ModelConfig, ModelSpec, init_params, train_step
 from recfl.core.submodel import Submodel
+
+from federated_fixtures import SIM_ARGS, final_params, metrics_rounds, wait_for_rounds
 
 SPEC = ModelSpec.build(ModelConfig(embed_dim=3, hidden=(4,), history=2, max_categories=1), {"items": 12, "categories": 5})
 WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
@@ -201,95 +203,34 @@ def test_sampling_is_seeded_and_respects_availability():
     assert sample_clients(0, 5, 10, always, 0).tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from recfl.core.dataset import prepare
-    from recfl.core.formats import SyntheticSpec, load
-
-    return prepare(load("synthetic", None, SyntheticSpec(users=40, items=150, categories=8, clusters=4, events_per_user=20, seed=9)),
-                   tmp_path_factory.mktemp("fl") / "data")
-
-
-SIM_ARGS = ["--rounds", "6", "--clients-per-round", "8", "--eval-every", "3", "--seed", "4",
-            "--set", "model.embed_dim=4", "--set", "model.hidden=[8]", "--set", "federated.chunk_clients=3"]
-
-
-def _final_params(run_dir):
-    from recfl.core.models import load_model
-
-    return load_model(run_dir / "model")[1].arrays()
-
-
 def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_path):
-    import json
-    import os
-    import signal
+    """A simulation SIGKILLed mid-run takes its local worker down (and its socket's folder), and
+    --resume ends with the model of an uninterrupted run."""
     import subprocess
     import sys
-    import time
+    from pathlib import Path
 
     import psutil
 
     from recfl.app.cli import main
 
     full, killed = tmp_path / "full", tmp_path / "killed"
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(full), *SIM_ARGS]) == 0
-    cmd = [sys.executable, "-m", "recfl", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS,
-           "--set", "federated.rounds=1000"]
+    twelve = [*SIM_ARGS, "--rounds", "12"]
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(full), *twelve]) == 0
+    cmd = [sys.executable, "-m", "recfl", "simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS, "--rounds", "1000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        lines = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
-        if len(lines) >= 3:
-            break
-        time.sleep(0.2)
-    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "worker_binary" in " ".join(c.cmdline())]
-    os.kill(proc.pid, signal.SIGKILL)
+    wait_for_rounds(killed, 3, proc)
+    helpers = psutil.Process(proc.pid).children(recursive=True)  # the sandbox and its worker_binary
+    (sandbox,) = [p.cmdline() for p in helpers if "recfl.core.federated.sandbox" in p.cmdline()]
+    assert "worker_binary" in {p.name() for p in helpers}
+    proc.kill()
     proc.wait()
-    assert workers and psutil.wait_procs(workers, timeout=10)[1] == []  # the TFF worker died with its parent
-    done = json.loads((killed / "metrics.jsonl").read_text().splitlines()[-1])["round"]
-    assert 3 <= done < 6
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS, "--resume"]) == 0
-    rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(_final_params(full), _final_params(killed)):
+    assert psutil.wait_procs(helpers, timeout=10)[1] == []
+    assert not Path(sandbox[sandbox.index("--remove-on-exit") + 1]).exists()  # nothing left behind in /tmp
+    done = metrics_rounds(killed)[-1]
+    assert 3 <= done < 12
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *twelve, "--resume"]) == 0
+    assert metrics_rounds(killed) == list(range(1, 13))
+    for a, b in zip(final_params(full), final_params(killed)):
         np.testing.assert_array_equal(a, b)
-    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *SIM_ARGS]) == 2  # refuses to overwrite
-
-
-def test_two_workers_on_loopback_match_one_worker(small_data, tmp_path):
-    """Two `recfl worker` processes split each round's chunks and reach the one-worker result;
-    the TFF iterative process (federated_select) reaches it too."""
-    import signal
-    import subprocess
-    import sys
-
-    import psutil
-
-    from recfl.core.federated.runtime import free_port, wait_ready
-    from recfl.core.federated.simulate import FederatedConfig, simulate
-    from recfl.core.models import ModelConfig
-
-    fed = FederatedConfig(rounds=3, clients_per_round=8, eval_every=3, seed=4, chunk_clients=3)
-    model = ModelConfig(embed_dim=4, hidden=(8,))
-    simulate(small_data, tmp_path / "one", fed, model, progress=False)
-    ports = [free_port(), free_port()]
-    servers = [subprocess.Popen([sys.executable, "-m", "recfl", "worker", "--port", str(p)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for p in ports]
-    try:
-        for port in ports:
-            wait_ready(f"localhost:{port}", timeout=60)
-        binaries = [c for s in servers for c in psutil.Process(s.pid).children(recursive=True) if "worker_binary" in " ".join(c.cmdline())]
-        before = [b.cpu_times().user for b in binaries]
-        simulate(small_data, tmp_path / "two", fed, model, workers=[f"localhost:{p}" for p in ports], progress=False)
-        after = [b.cpu_times().user for b in binaries]
-    finally:
-        for server in servers:
-            server.send_signal(signal.SIGINT)
-        for server in servers:
-            assert server.wait(15) == 0  # Ctrl-C stops a worker cleanly
-    assert len(binaries) == 2 and all(b > a for a, b in zip(before, after))  # both workers computed
-    simulate(small_data, tmp_path / "select", FederatedConfig(**{**fed.__dict__, "distributor": "select"}), model, progress=False)
-    for one, two, select in zip(*(_final_params(tmp_path / d) for d in ("one", "two", "select"))):
-        np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(one, select, rtol=1e-5, atol=1e-6)
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *twelve]) == 2  # refuses to overwrite

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recfl.core import config
 from recfl.core.atomic import atomic_path, write_json_atomic
@@ -37,9 +38,10 @@ from recfl.core.federated.process import (
     RowCoefficients,
     ServerState,
 )
-from recfl.core.federated.runtime import Runtime
+from recfl.core.federated.runtime import CALL_TIMEOUT, ISOLATIONS, Runtime
 from recfl.core.federated.sampling import Availability, poisson_sample_clients, sample_clients
 from recfl.core.federated.tff_process import SelectProcess
+from recfl.core.federated.transport import TLSFiles, WorkerLost
 from recfl.core.metrics import ctr_metrics
 from recfl.core.models import (
     ModelConfig,
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # How rows reach the clients: both run the same client work, aggregation and server step.
 DISTRIBUTORS = {"host": FederatedProcess, "select": SelectProcess}
+# Settings that change how a run executes, not what it computes: free to differ on --resume.
+EXECUTION_ONLY = ("rounds", "eval_every", "chunk_clients", "call_timeout", "worker_isolation")
 
 
 @dataclass(frozen=True)
@@ -77,15 +81,20 @@ class FederatedConfig:
     hours_per_round: float = 1.0
     chunk_clients: int = 50
     distributor: str = "host"  # host: rows gathered by the server, chunks over workers | select: the TFF process (federated_select)
+    call_timeout: float = CALL_TIMEOUT  # seconds one call to a TFF worker may take before the worker counts as lost
+    worker_isolation: str = "namespace"  # namespace: the local worker in a network namespace of its own | none
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise RecflError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if self.distributor not in DISTRIBUTORS:
             raise RecflError(f"unknown distributor {self.distributor!r}; choose one of {', '.join(DISTRIBUTORS)}")
+        if self.worker_isolation not in ISOLATIONS:
+            raise RecflError(f"unknown worker_isolation {self.worker_isolation!r}; choose one of {', '.join(ISOLATIONS)}")
         config.check_limits(self, "federated", rounds=">= 1", clients_per_round=">= 1", local_epochs=">= 1", batch_size=">= 1",
                             eval_every=">= 1", chunk_clients=">= 1", client_lr="> 0", server_lr="> 0",
-                            online_probability="(0, 1]", diurnal_amplitude="[0, 1]", hours_per_round="> 0")
+                            online_probability="(0, 1]", diurnal_amplitude="[0, 1]", hours_per_round="> 0",
+                            call_timeout="> 0")
 
     @property
     def work(self) -> ClientWork:
@@ -125,9 +134,14 @@ def _metric_lines(path: Path, upto: int) -> list[str]:
 
 def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedConfig(), model_config: ModelConfig = ModelConfig(),
              init: Path | None = None, resume: bool = False, workers: list[str] | None = None,
-             users: np.ndarray | None = None, progress: bool = True, privacy: PrivacyConfig = PrivacyConfig()) -> dict:
-    """Run (or resume) a simulation and return its summary; with ``privacy.enabled``, private rounds
-    (:mod:`recfl.core.federated.privacy`: Poisson-sampled clients, one secure aggregation per round)."""
+             users: np.ndarray | None = None, progress: bool = True, tls: TLSFiles | None = None,
+             privacy: PrivacyConfig = PrivacyConfig()) -> dict:
+    """Run (or resume) a simulation and return its summary; ``tls`` is this client's side of mutual TLS with ``workers``;
+    with ``privacy.enabled``, private rounds (:mod:`recfl.core.federated.privacy`: Poisson-sampled clients, one secure
+    aggregation per round).
+
+    When every worker is lost the run stops with :class:`WorkerLost` after its last finished round; ``resume`` continues it.
+    """
     if fed.distributor == "select" and workers and len(workers) > 1:
         raise RecflError("federated.distributor = 'select' runs each round as one TFF computation on one worker; "
                          "use the 'host' distributor to spread rounds over several --workers")
@@ -136,7 +150,7 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
     spec = ModelSpec.build(model_config, vocabulary_sizes(data))
     settings = {
         "data": str(Path(data.root).resolve()), "init": str(init) if init else None,
-        "federated": {k: v for k, v in config.as_table(fed).items() if k not in ("rounds", "eval_every", "chunk_clients")},
+        "federated": {k: v for k, v in config.as_table(fed).items() if k not in EXECUTION_ONLY},
         "model": config.as_table(model_config), "users": None if users is None else int(len(users)),
     }
     if privacy.enabled:
@@ -160,16 +174,43 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
     test = Encoder(data.item_vocab, data.category_vocab, data.items, spec.features)(test_events, data.train)
     budget = plan(privacy, fed.rounds, len(population), fed.clients_per_round, fed.available, fed.seed) if privacy.enabled else None
 
-    with Runtime(workers, log_dir=out) as runtime:
-        heat = _heat(out, fed, population, spec, runtime, budget)
-        coefficients = RowCoefficients.for_algorithm(fed.algorithm, spec, heat)
-        process = _process(spec, fed, coefficients, runtime, budget, fed.distributor)
-        state = _load_checkpoint(checkpoint, spec) if resume and checkpoint.is_file() else process.initialize(_start(spec, model_config, init))
-        lines = _metric_lines(metrics_path, state.round)
-        metrics_path.write_text("".join(line + "\n" for line in lines))
-        if state.round:
-            log.info("resuming %s after round %d", out, state.round)
-        bar = tqdm(total=fed.rounds, initial=state.round, desc=f"{fed.algorithm} rounds", unit="round", disable=not progress)
+    runtime = Runtime(workers, log_dir=out, call_timeout=fed.call_timeout, isolate=fed.worker_isolation == "namespace", tls=tls)
+    try:
+        with runtime:
+            state = _run_rounds(out, fed, spec, model_config, init, resume, population, test, runtime, progress, budget)
+    except WorkerLost as lost:
+        done = _load_checkpoint(checkpoint, spec).round if checkpoint.is_file() else 0
+        raise WorkerLost(f"{lost}: the run stopped after round {done}; start the worker(s) again and continue with --resume") from None
+
+    save_model(out / "model", spec, state.params, meta={"federated": settings})
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    evaluated = [r for r in history if "test_auc" in r]
+    summary = {
+        "algorithm": fed.algorithm, "rounds": state.round, "clients": len(population),
+        "final": {k: evaluated[-1][k] for k in ("test_auc", "test_gauc", "test_logloss")} if evaluated else None,
+        "mean_round_seconds": float(np.mean([r["seconds"] for r in history])) if history else None,
+        "mean_upload_bytes_per_client": float(np.sum([r["upload_bytes"] for r in history]) / max(1, np.sum([r["clients"] for r in history]))),
+        "model_dir": str(out / "model"),
+        **({"privacy": budget.report()} if budget else {}),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: ModelConfig, init: Path | None, resume: bool,
+                population: Population, test, runtime: Runtime, progress: bool, budget: Budget | None) -> ServerState:
+    """Rounds until ``fed.rounds``, a checkpoint and a metrics line after each; returns the final state."""
+    checkpoint, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
+    heat = _heat(out, fed, population, spec, runtime, budget)
+    coefficients = RowCoefficients.for_algorithm(fed.algorithm, spec, heat)
+    process = _process(spec, fed, coefficients, runtime, budget, fed.distributor)
+    state = _load_checkpoint(checkpoint, spec) if resume and checkpoint.is_file() else process.initialize(_start(spec, model_config, init))
+    lines = _metric_lines(metrics_path, state.round)
+    metrics_path.write_text("".join(line + "\n" for line in lines))
+    if state.round:
+        log.info("resuming %s after round %d", out, state.round)
+    bar = tqdm(total=fed.rounds, initial=state.round, desc=f"{fed.algorithm} rounds", unit="round", disable=not progress)
+    with logging_redirect_tqdm(), bar:  # a warning (a lost worker) on a line of its own, not inside the bar
         while state.round < fed.rounds:
             started = time.perf_counter()
             chosen = (poisson_sample_clients if budget else sample_clients)(state.round, len(population), fed.clients_per_round,
@@ -185,21 +226,7 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
                 handle.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.train_loss:.4f}", **({"auc": f"{record['test_auc']:.4f}"} if "test_auc" in record else {}))
-        bar.close()
-
-    save_model(out / "model", spec, state.params, meta={"federated": settings})
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    evaluated = [r for r in history if "test_auc" in r]
-    summary = {
-        "algorithm": fed.algorithm, "rounds": state.round, "clients": len(population),
-        "final": {k: evaluated[-1][k] for k in ("test_auc", "test_gauc", "test_logloss")} if evaluated else None,
-        "mean_round_seconds": float(np.mean([r["seconds"] for r in history])) if history else None,
-        "mean_upload_bytes_per_client": float(np.sum([r["upload_bytes"] for r in history]) / max(1, np.sum([r["clients"] for r in history]))),
-        "model_dir": str(out / "model"),
-        **({"privacy": budget.report()} if budget else {}),
-    }
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return state
 
 
 def _process(spec: ModelSpec, fed: FederatedConfig, coefficients: RowCoefficients, runtime: Runtime, budget: Budget | None,
