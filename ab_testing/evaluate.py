@@ -205,6 +205,7 @@ def evaluate_seeds(runs: dict[str, Predictions], control: str, config: AbConfig 
 
 def _evaluate(runs: list[tuple[str, Predictions]], control: str, config: AbConfig, activity: pd.Series | None,
               progress: bool, pooled: bool) -> AbResult:
+    """One run (``pooled`` False: intervals over users) or several runs of the same arms pooled (over runs and users)."""
     started = time.perf_counter()
     metrics = parse_metrics(config.metrics)
     arms = _check_arms(runs, control, pooled)
@@ -213,7 +214,8 @@ def _evaluate(runs: list[tuple[str, Predictions]], control: str, config: AbConfi
         check_duplicates(pred)
     warnings: list[str] = []
     per_run = [_groups(pred, arms, config, warnings if i == 0 else []) for i, (_, pred) in enumerate(runs)]
-    groups = [{arm: [groups[g][arm] for groups, _ in per_run] for arm in per_run[0][0][g]} for g in range(len(per_run[0][0]))]
+    groups = [{arm: [run_groups[g][arm] for run_groups, _ in per_run] for arm in per_run[0][0][g]}
+              for g in range(len(per_run[0][0]))]  # per resampling group: each arm's frame in every run
     labels = [label for label, _ in runs]
     for group in groups:  # the runs of one comparison differ in their seeds, never in the events they score
         for arm, frames in group.items():

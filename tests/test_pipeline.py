@@ -237,6 +237,8 @@ def test_seeds_mistakes_are_one_line_errors(finished, tmp_path, capsys):
          "not a folder"),
         (["ab", "evaluate", "--runs", str(tmp_path / "empty"), "--control", "cloud", "--out", str(tmp_path / "r")],
          "no run.json and no predictions files"),
+        (["ab", "evaluate", "--runs", str(out), str(out), "--control", "cloud", "--out", str(tmp_path / "r")],
+         "given twice"),
         (["ab", "evaluate", "--runs", str(fake / "seed-3"), "--control", "cloud", "--out", str(tmp_path / "r")],
          "not a finished recfl run"),
         (["ab", "evaluate", str(out / "arm-cloud" / "cloud.parquet"), "--runs", str(out), "--control", "cloud",

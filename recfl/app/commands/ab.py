@@ -50,9 +50,12 @@ def _evaluate(args) -> int:
     if bool(args.predictions) == bool(args.runs):
         raise RecflError("give predictions files (PRED ...) or --runs DIR ..., one of the two")
     if args.runs:
-        runs = {folder: read_predictions(_run_files(Path(folder))) for folder in args.runs}
-        if len(runs) < len(args.runs):
+        folders = [Path(f) for f in args.runs]
+        if len({f.resolve() for f in folders}) < len(folders):
             raise RecflError("--runs: a folder is given twice")
+        names = [f.name for f in folders]  # the runs' labels in the report: their folder names where those differ
+        labels = names if len(set(names)) == len(names) else [str(f) for f in folders]
+        runs = {label: read_predictions(_run_files(f)) for label, f in zip(labels, folders)}
         result = evaluate_seeds(runs, args.control, cfg, activity, progress=True)
     else:
         result = evaluate(read_predictions(args.predictions), args.control, cfg, activity, progress=True)
