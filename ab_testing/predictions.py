@@ -146,22 +146,30 @@ def check_duplicates(pred: Predictions) -> None:
 
 def check_paired(pred: Predictions, control: str) -> None:
     """The paired design needs every arm to score exactly the control's events, with the same labels."""
-    base = pred.of(control)[EVENT_KEY + ["label"]].sort_values(EVENT_KEY, kind="stable").reset_index(drop=True)
-    for arm in pred.arms:
-        if arm == control:
-            continue
-        other = pred.of(arm)[EVENT_KEY + ["label"]].sort_values(EVENT_KEY, kind="stable").reset_index(drop=True)
+    check_same_events((control, pred.of(control)), {arm: pred.of(arm) for arm in pred.arms if arm != control},
+                      "paired design", "control {}", "arm {}", "score the same test events, or use --design bucketed")
+
+
+def check_same_events(base: tuple[str, pd.DataFrame], others: dict[str, pd.DataFrame], context: str, base_name: str,
+                      other_name: str, remedy: str) -> None:
+    """Every frame of ``others`` scores exactly the events of ``base`` (key, frame) with the same labels, or one error
+    naming the first that does not (``base_name`` and ``other_name`` format a key, e.g. ``"arm {}"``)."""
+    base_key, base = base
+    base_name = base_name.format(repr(base_key))
+    base = base[EVENT_KEY + ["label"]].sort_values(EVENT_KEY, kind="stable").reset_index(drop=True)
+    for key, frame in others.items():
+        name = other_name.format(repr(key))
+        other = frame[EVENT_KEY + ["label"]].sort_values(EVENT_KEY, kind="stable").reset_index(drop=True)
         if len(other) == len(base) and (other[EVENT_KEY].to_numpy() == base[EVENT_KEY].to_numpy()).all():
             differs = (other["label"] != base["label"]).to_numpy()
             if differs.any():
-                raise RecflError(f"paired design: {int(differs.sum())} events have a different label in arm {arm!r} "
-                                 f"than in control {control!r} (e.g. {_where(other, differs)})")
+                raise RecflError(f"{context}: {int(differs.sum())} events have a different label in {name} "
+                                 f"than in {base_name} (e.g. {_where(other, differs)})")
             continue
         both = base.merge(other, on=EVENT_KEY, how="outer", indicator=True)
-        only_arm, only_control = both[both["_merge"] == "right_only"], both[both["_merge"] == "left_only"]
+        only_other, only_base = both[both["_merge"] == "right_only"], both[both["_merge"] == "left_only"]
         raise RecflError(
-            f"paired design: arm {arm!r} and control {control!r} do not score the same events: "
-            f"{len(only_arm)} events of {only_arm['user_id'].nunique()} users only in {arm!r}, "
-            f"{len(only_control)} events of {only_control['user_id'].nunique()} users only in {control!r} "
-            "(score the same test events, or use --design bucketed)"
+            f"{context}: {name} and {base_name} do not score the same events: "
+            f"{len(only_other)} events of {only_other['user_id'].nunique()} users only in {key!r}, "
+            f"{len(only_base)} events of {only_base['user_id'].nunique()} users only in {base_key!r} ({remedy})"
         )

@@ -90,7 +90,7 @@ def blocks(result: AbResult) -> list:
         Heading(f"A/B report: {', '.join(result.treatments)} vs control {result.control}", 1),
         Para(f"Compared {len(result.treatments)} treatment arm(s) with the control **{result.control}** on "
              + ", ".join(f"{a.arm}: {a.users:,} users / {a.events:,} events" for a in result.arms) + f". Design: {design}."),
-        Para(f"Intervals: {cfg.confidence:.0%} percentile bootstrap over users, {cfg.bootstrap:,} resamples (seed {cfg.seed}). "
+        Para(f"Intervals: {cfg.confidence:.0%} percentile bootstrap over {_resampled(result)}, {cfg.bootstrap:,} resamples (seed {cfg.seed}). "
              f"p-values: two-sided, difference over its bootstrap standard error; "
              + ({"holm": "Holm-adjusted (family-wise error)", "bh": "Benjamini-Hochberg-adjusted (false discovery rate)",
                  "none": "not adjusted"}[cfg.correction])
@@ -119,6 +119,8 @@ def blocks(result: AbResult) -> list:
         [[m.name, *[_value(result, arm, "all", m.name) for arm in arms]] for m in result.metrics]),
         Image("metrics.png", plots.metric_per_arm(result), "metric per arm with intervals")]
     out += [Heading(f"Lifts vs {result.control}"), _lift_table(overall, with_segment=False)]
+    if result.seeds:
+        out += _seed_blocks(result)
     segments = [s for s in result.segment_users if s != "all"]
     if segments:
         out += [Heading("Segments"), Para(f"Users by activity: {result.segment_rule}."), Table(
@@ -138,6 +140,26 @@ def blocks(result: AbResult) -> list:
             "checks the users per arm for a sample ratio mismatch (chi-square).",
         ])]
     return out
+
+
+def _resampled(result: AbResult) -> str:
+    if not result.seeds:
+        return "users"
+    return (f"{len(result.seeds)} runs and users (each value is the mean over the runs; a resample draws the runs with "
+            "replacement and the users with replacement, the same users for every drawn run)")
+
+
+def _seed_blocks(result: AbResult) -> list:
+    """Each run's own lift (interval over users only) next to the pooled one: how much the seeds disagree."""
+    own = [x for x in result.seed_lifts if x.segment == "all"]
+    pooled = {(c.treatment, c.metric): c.lift for c in result.comparisons if c.segment == "all"}
+    return [Heading("Lift per seed"), Para(
+        f"Pooled over {len(result.seeds)} runs: {', '.join(result.seeds)}. Each run's own lift with its interval over "
+        "users alone; the pooled interval above also covers the spread between runs."), Table(
+        ["treatment", "metric", "pooled lift [CI]", *result.seeds],
+        [[t, m, f"{signed(pooled[t, m].abs_lift)} {interval(pooled[t, m].abs_ci)}",
+          *[f"{signed(x.abs_lift)} {interval(x.abs_ci)}" for x in own if (x.treatment, x.metric) == (t, m)]]
+         for t, m in pooled])]
 
 
 def _value(result: AbResult, arm: str, segment: str, metric: str) -> str:

@@ -51,6 +51,21 @@ def bootstrap(estimators: Sequence[Callable[[np.ndarray], np.ndarray]], n_users:
     return [np.concatenate(p) if p else np.zeros((0, 0)) for p in parts]
 
 
+def pool_runs(values: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """``[R, k]``: per resample, the mean of the drawn runs' values.
+
+    ``values`` ``[R, runs, k]`` holds each run's values under resample r's user draw, ``drawn`` ``[R, runs]``
+    how often resample r draws each run (:func:`resample_counts` over runs). A value is NaN where a drawn run's
+    is (a run drawn 0 times does not count). NumPy's ``einsum`` loop, not BLAS: the same bits on every machine.
+    """
+    counted = drawn[:, :, None] > 0
+    undefined = (~np.isfinite(values) & counted).any(axis=1)
+    finite = np.where(np.isfinite(values), values, 0.0)
+    out = np.einsum("rs,rsk->rk", drawn.astype(np.float64), finite, optimize=False) / drawn.shape[1]
+    out[undefined] = np.nan
+    return out
+
+
 @dataclass(frozen=True)
 class Lift:
     """Treatment vs control on one metric: point lifts, percentile intervals, p-value."""

@@ -197,6 +197,76 @@ def test_personalized_arms_start_from_the_chosen_global_model(finished, capsys):
                                                "fedavg, got 'fedprox'")
 
 
+def test_seeds_run_once_each_on_the_same_data_and_pool_and_the_report_pools_them(finished, capsys):
+    """``--seeds 0 1``: seed 0 (the defaults) is the finished run, skipped; seed 1 reruns only what reads a seed;
+    ``OUT/ab`` pools both, as ``recfl ab evaluate --runs`` does; a rerun skips everything."""
+    tmp, out = finished
+    seeds = tmp / "seeds"
+    shutil.copytree(out, seeds / "seed-0")
+    before = _stage_times(seeds / "seed-0")
+    args = ["run", "--out", str(seeds), "--config", str(_config(tmp)), "--seeds", "0", "1"]
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert _stage_times(seeds / "seed-0") == before
+    stage = lambda seed, name: json.loads((seeds / f"seed-{seed}" / name / "stage.json").read_text())
+    for name in ("data", "pool", "candidates"):  # copied from seed 0, where they ran once
+        assert stage(1, name) == stage(0, name)
+    assert stage(1, "cloud_model")["settings"]["train"]["seed"] == 1 and stage(1, "fedavg")["settings"]["federated"]["seed"] == 1
+    assert stage(1, "arm-coda")["settings"]["filter"]["seed"] == 1 and stage(1, "arm-local")["settings"]["finetune"]["seed"] == 1
+    scores = [pd.read_parquet(seeds / f"seed-{s}" / "arm-cloud" / "cloud.parquet") for s in (0, 1)]
+    assert (scores[0][["user_id", "item_id"]].to_numpy() == scores[1][["user_id", "item_id"]].to_numpy()).all()
+    assert not np.allclose(scores[0]["score"], scores[1]["score"])  # another cloud model on the same events
+    primary = json.loads((seeds / "run.json").read_text())["stages"]["ab"]["primary"]
+    assert primary["seeds"] == ["seed-0", "seed-1"] and 0 < primary["counted"] <= primary["users"] == 8
+    for arm, lift in primary["lifts"].items():
+        assert lift["lift"] == pytest.approx(np.mean(list(lift["per_seed"].values())))
+        assert set(lift["per_seed"]) == {"seed-0", "seed-1"}
+    assert printed.startswith(f"gauc (primary metric) on the device users' test events, mean over 2 seeds (seed-0, "
+                              f"seed-1): {primary['counted']} of 8 users count")
+    assert "95% bootstrap interval over seeds and users" in printed and "per seed" in printed
+    assert "Lift per seed" in (seeds / "ab" / "report.md").read_text()
+
+    pooled = (seeds / "ab" / "stage.json").stat().st_mtime
+    times = {s: _stage_times(seeds / f"seed-{s}") for s in (0, 1)}
+    assert main(args) == 0
+    assert {s: _stage_times(seeds / f"seed-{s}") for s in (0, 1)} == times
+    assert (seeds / "ab" / "stage.json").stat().st_mtime == pooled
+
+    assert main(["ab", "evaluate", "--runs", str(seeds / "seed-0"), str(seeds / "seed-1"), "--control", "cloud",
+                 "--out", str(tmp / "by-hand"), "--bootstrap", "100", "--users", str(seeds / "seed-0" / "data"),
+                 "--metrics", "gauc,auc,logloss,hr@10,ndcg@10"]) == 0
+    by_hand, report = (json.loads((d / "metrics.json").read_text()) for d in (tmp / "by-hand", seeds / "ab"))
+    assert by_hand["comparisons"] == report["comparisons"] and by_hand["seeds"]["per_seed"] == report["seeds"]["per_seed"]
+
+
+def test_seeds_mistakes_are_one_line_errors(finished, tmp_path, capsys):
+    tmp, out = finished
+    config = str(_config(tmp))
+    fake = tmp_path / "fake"
+    (fake / "seed-3").mkdir(parents=True)
+    (fake / "seed-3" / "run.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for args, message in [
+        (["run", "--out", str(tmp_path / "x"), "--config", config, "--seeds", "0", "0"], "--seeds 0 0: give distinct"),
+        (["run", "--out", str(out), "--config", config, "--seeds", "0", "1"], "holds a run of one seed"),
+        (["run", "--out", str(fake), "--config", config], "holds runs of several seeds"),
+        (["ab", "evaluate", "--runs", str(tmp_path / "none"), "--control", "cloud", "--out", str(tmp_path / "r")],
+         "not a folder"),
+        (["ab", "evaluate", "--runs", str(tmp_path / "empty"), "--control", "cloud", "--out", str(tmp_path / "r")],
+         "no run.json and no predictions files"),
+        (["ab", "evaluate", "--runs", str(out), str(out), "--control", "cloud", "--out", str(tmp_path / "r")],
+         "given twice"),
+        (["ab", "evaluate", "--runs", str(fake / "seed-3"), "--control", "cloud", "--out", str(tmp_path / "r")],
+         "not a finished recfl run"),
+        (["ab", "evaluate", str(out / "arm-cloud" / "cloud.parquet"), "--runs", str(out), "--control", "cloud",
+          "--out", str(tmp_path / "r")], "one of the two"),
+    ]:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("recfl: error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_an_out_folder_of_another_data_set_is_refused_unless_forced(finished, capsys):
     tmp, out = finished
     other = tmp / "other"

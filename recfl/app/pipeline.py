@@ -30,10 +30,15 @@ never touched.
 Paths in ``stage.json`` and ``OUT/run.json`` are relative to ``OUT`` (a
 data set prepared elsewhere, ``--data``, stays absolute), so a run folder
 can be moved or copied and rerun in place.
+
+:func:`run_seeds` runs the pipeline once per seed into ``OUT/seed-N/`` (the
+stages no seed reaches are run once and copied into the other seeds'
+folders) and compares the arms pooled over the seeds in ``OUT/ab/``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -47,8 +52,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ab_testing.evaluate import AbConfig, evaluate
-from ab_testing.predictions import read_predictions
+from ab_testing.evaluate import AbConfig, evaluate, evaluate_seeds
+from ab_testing.predictions import Predictions, read_predictions
 from ab_testing.report import write_report
 from cloud_pool.matching import MatchConfig, write_candidates
 from cloud_pool.pool import PoolConfig, build_pool
@@ -77,6 +82,8 @@ PERSONALIZED = ("local", "coda-nofilter", "coda")
 GLOBAL = ("fedavg", "fedsubavg")
 ARMS = (CONTROL, *GLOBAL, *PERSONALIZED)
 STARTS = ("cloud_model", *GLOBAL)  # stages whose model the personalized arms may start from
+SEED_KEYS = ("model.init_seed", "train.seed", "federated.seed", "finetune.seed", "filter.seed")  # what --seeds sets
+SHARED_STAGES = ("data", "pool", "candidates")  # read no seed: the data split, the pool and the matching stay fixed
 LAYOUT = 2  # stage.json format; 2: result paths relative to the run folder (earlier stage.json files rerun once)
 
 
@@ -272,18 +279,31 @@ def _ab_settings(ctx: RunContext) -> dict:
 
 
 def _ab_run(ctx: RunContext, out: Path) -> dict:
-    cfg = ctx.section(AbConfig, "ab").with_primary
     predictions = read_predictions([ctx.path(f"arm-{arm}", "predictions") for arm in ARMS])
     predictions = replace(predictions, sources={arm: ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS})  # as run.json
-    activity = ctx.data.train["user_id"].value_counts().rename("train_events")
-    result = evaluate(predictions, CONTROL, cfg, activity, progress=True)
+    return _ab_report(ctx, out, {"": predictions}, ctx.data)
+
+
+def _ab_report(ctx: RunContext, out: Path, runs: dict[str, Predictions], data: PreparedDataset) -> dict:
+    """The A/B report of one run (``runs`` with one unnamed entry) or pooled over seeds, and the run's headline."""
+    cfg = ctx.section(AbConfig, "ab").with_primary
+    activity = data.train["user_id"].value_counts().rename("train_events")
+    pooled = len(runs) > 1 or "" not in runs
+    result = (evaluate_seeds(runs, CONTROL, cfg, activity, progress=True) if pooled
+              else evaluate(runs[""], CONTROL, cfg, activity, progress=True))
     paths = {name: ctx.portable(path) for name, path in write_report(result, out).items()}
-    control = predictions.of(CONTROL)
+    control = next(iter(runs.values())).of(CONTROL)
     users = coverage(control, [cfg.primary], {"evaluated": np.unique(control["user_id"].to_numpy())})["evaluated"]
     values = {v.arm: {"value": _finite(v.value), "ci": [_finite(c) for c in v.ci]}
               for v in result.values if v.segment == "all" and v.metric == cfg.primary}
     primary = {"metric": cfg.primary, "needs": need(cfg.primary), "users": users["users"], "counted": users[cfg.primary],
                "values": values}
+    if pooled:
+        primary["seeds"] = list(result.seeds)
+        primary["lifts"] = {c.treatment: {"lift": _finite(c.lift.abs_lift), "ci": [_finite(x) for x in c.lift.abs_ci],
+                                          "per_seed": {x.seed: _finite(x.abs_lift) for x in result.seed_lifts
+                                                       if (x.treatment, x.segment, x.metric) == (c.treatment, "all", c.metric)}}
+                            for c in result.comparisons if c.segment == "all" and c.metric == cfg.primary}
     return {**paths, "primary": primary, "warnings": result.warnings}
 
 
@@ -345,6 +365,88 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
             stage.check(ctx)
         _write_record(ctx, fingerprints)
     return ctx.results
+
+
+def run_seeds(out: Path, doc: dict, seeds: list[int], data_dir: Path | None = None, force: bool = False) -> dict:
+    """The pipeline once per seed into ``out/seed-N/``, then the arms compared pooled over the seeds in ``out/ab/``.
+
+    Seed N sets every key of :data:`SEED_KEYS` to N (the cloud model's initialization and batches, the federated
+    rounds, the device filter and fine-tuning); the data split, the pool and the candidates read no seed, so
+    they run once, in the first seed's folder, and are copied into the others' (where their fingerprints match
+    and they are skipped). Finished seeds are skipped like finished stages. Returns ``{"seeds": {label:
+    results}, "ab": pooled summary}``.
+    """
+    if len(set(seeds)) != len(seeds) or min(seeds, default=0) < 0 or not seeds:
+        raise RecflError(f"--seeds {' '.join(map(str, seeds))}: give distinct non-negative integers, e.g. --seeds 0 1 2")
+    if (out / "data" / "started.json").is_file():
+        raise RecflError(f"--out {out} holds a run of one seed (recfl run without --seeds); give another --out for --seeds")
+    folders: dict[str, Path] = {}
+    results: dict[str, dict] = {}
+    for seed in seeds:
+        label, folder = f"seed-{seed}", out / f"seed-{seed}"
+        if folders:
+            _copy_shared(next(iter(folders.values())), folder)
+        log.info("seed %d (%d of %d): %s", seed, len(folders) + 1, len(seeds), folder)
+        seeded = copy.deepcopy(doc)
+        for key in SEED_KEYS:
+            section, name = key.split(".")
+            seeded.setdefault(section, {})[name] = seed
+        results[label] = run(folder, seeded, data_dir, force=force)
+        folders[label] = folder
+    return {"seeds": results, "ab": run(out, doc, only=(_pooled_ab_stage(folders),))["ab"]}
+
+
+def check_not_seeds(out: Path) -> None:
+    """A single run does not go into a folder of seed runs (its report would replace the pooled one)."""
+    if any(out.glob("seed-*/run.json")):
+        raise RecflError(f"--out {out} holds runs of several seeds (recfl run --seeds); give another --out, "
+                         "or run --seeds again")
+
+
+def _copy_shared(first: Path, folder: Path) -> None:
+    """Copy the first seed's finished :data:`SHARED_STAGES` into ``folder`` where its own are missing or differ."""
+    for name in SHARED_STAGES:
+        source, target = first / name, folder / name
+        done, mine = _read_json(source / "stage.json"), _read_json(target / "stage.json")
+        if done is None or (mine or {}).get("fingerprint") == done["fingerprint"]:
+            continue
+        if target.exists():
+            if not (target / "started.json").is_file():
+                continue  # not recfl's: the run refuses it
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+
+
+def _pooled_ab_stage(folders: dict[str, Path]) -> Stage:
+    """``OUT/ab``: the seeds' arms compared pooled over the seeds; reruns when any seed's stages changed."""
+
+    def settings(ctx: RunContext) -> dict:
+        return {"ab": ctx.table(AbConfig, "ab"),
+                "seeds": {label: (_read_json(f / "run.json") or {}).get("fingerprints") for label, f in folders.items()}}
+
+    def run_pooled(ctx: RunContext, out: Path) -> dict:
+        runs = {}
+        for label, folder in folders.items():
+            stages_ = _read_json(folder / "run.json")["stages"]
+            predictions = read_predictions([folder / stages_[f"arm-{arm}"]["predictions"] for arm in ARMS])
+            runs[label] = replace(predictions, sources={arm: f"{label}/{stages_[f'arm-{arm}']['predictions']}" for arm in ARMS})
+        first = next(iter(folders.values()))
+        data = PreparedDataset(first / _read_json(first / "run.json")["stages"]["data"]["data_dir"])
+        return _ab_report(ctx, out, runs, data)
+
+    return Stage("ab", settings, run_pooled)
+
+
+def arm_predictions(folder: Path) -> list[Path]:
+    """The arms' predictions files of a finished ``recfl run`` folder, as its ``run.json`` records them."""
+    try:
+        stages_ = (_read_json(folder / "run.json") or {}).get("stages", {})
+    except (ValueError, AttributeError):
+        raise RecflError(f"{folder}: run.json is not a recfl run record") from None
+    missing = [arm for arm in ARMS if "predictions" not in stages_.get(f"arm-{arm}", {})]
+    if missing:
+        raise RecflError(f"{folder}: not a finished recfl run (run.json has no predictions of {', '.join(missing)})")
+    return [folder / stages_[f"arm-{arm}"]["predictions"] for arm in ARMS]
 
 
 def _write_record(ctx: RunContext, fingerprints: dict[str, str]) -> None:
