@@ -3,7 +3,6 @@ secure sums (signature), a private round against a NumPy reference, what the ser
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import math
