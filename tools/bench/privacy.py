@@ -21,7 +21,7 @@ from recfl.core.federated.computations import ClientWork
 from recfl.core.federated.privacy.accounting import plan
 from recfl.core.federated.privacy.process import PrivateProcess
 from recfl.core.federated.privacy.settings import PrivacyConfig
-from recfl.core.federated.process import FederatedProcess, RowCoefficients
+from recfl.core.federated.process import FederatedProcess, Heat, RowCoefficients
 from recfl.core.federated.runtime import Runtime
 from recfl.core.federated.sampling import Availability
 from recfl.core.models import ModelConfig, ModelSpec, init_params, vocabulary_sizes
@@ -32,7 +32,8 @@ BENCH = "privacy"
 HEAT_BATCH = 2000  # clients per batch of the heat pass
 
 
-def _timed_heat(process: FederatedProcess, population: Population) -> tuple[object, float]:
+def _timed_heat(process: FederatedProcess, population: Population) -> tuple[Heat, float]:
+    """Heat counts over the whole population, in batches as a simulation takes them, and their seconds."""
     n, started = len(population), time.perf_counter()
     heat = process.heat(population.clients(np.arange(lo, min(lo + HEAT_BATCH, n))) for lo in range(0, n, HEAT_BATCH))
     return heat, time.perf_counter() - started
