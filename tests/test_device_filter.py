@@ -21,6 +21,7 @@ from recfl.core.metrics import auc
 from recfl.core.vocab import Vocabulary
 
 ITEMS = 400
+CONTENT = ("item", "category", "label", "popularity", "embedding")  # features of the sample alone (no history needed)
 KNOWLEDGE = ItemKnowledge(Vocabulary.fit(np.repeat(np.arange(ITEMS), 3)), Vocabulary.fit(np.arange(20)),
                           np.random.default_rng(0).standard_normal((ITEMS + 2, 4)).astype(np.float32))
 
@@ -44,7 +45,7 @@ def test_every_candidate_is_scored_by_the_model_that_left_its_fold_out():
     local = _events(rng, 60, np.arange(0, 100), np.arange(0, 5))
     cands = pd.concat([_events(rng, 150, np.arange(0, 100), np.arange(0, 5), user=2),
                        _events(rng, 150, np.arange(200, 400), np.arange(10, 20), user=3)], ignore_index=True)
-    config = FilterConfig(folds=4, keep_fraction=0.5)
+    config = FilterConfig(features=CONTENT, folds=4, keep_fraction=0.5)
     result = filter_candidates(local, cands, KNOWLEDGE, config)
     assert result.path == CLASSIFIER
     assert set(np.unique(result.fold)) == {0, 1, 2, 3} and set(np.unique(result.local_fold)) == {0, 1, 2, 3}
@@ -115,7 +116,7 @@ def test_threshold_rule_and_determinism():
     rng = np.random.default_rng(3)
     local = _events(rng, 40, np.arange(0, 50), np.arange(0, 3))
     cands = _events(rng, 120, np.arange(0, 400), np.arange(0, 20), user=2)
-    config = FilterConfig(rule="threshold", threshold=0.5)
+    config = FilterConfig(features=CONTENT, rule="threshold", threshold=0.5)
     first, again = filter_candidates(local, cands, KNOWLEDGE, config), filter_candidates(local, cands, KNOWLEDGE, config)
     np.testing.assert_array_equal(first.keep, first.score >= 0.5)
     np.testing.assert_array_equal(first.score, again.score)

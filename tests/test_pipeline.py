@@ -179,6 +179,24 @@ def test_a_setting_reruns_only_the_stages_that_read_it(finished):
     assert [name for name in after if after[name] != before[name]] == ["arm-coda", "ab"]
 
 
+def test_personalized_arms_start_from_the_chosen_global_model(finished, capsys):
+    """``run.personalize_from``: only the personalized arms (and the report) rerun, from the federated model."""
+    tmp, out = finished
+    copy = tmp / "from-fedavg"
+    shutil.copytree(out, copy)
+    before = _stage_times(copy)
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--set", "run.personalize_from=fedavg"]) == 0
+    after = _stage_times(copy)
+    assert [name for name in after if after[name] != before[name]] == ["arm-local", "arm-coda-nofilter", "arm-coda", "ab"]
+    local_then = pd.read_parquet(out / "arm-local" / "local.parquet")["score"].to_numpy()
+    local_now = pd.read_parquet(copy / "arm-local" / "local.parquet")["score"].to_numpy()
+    assert not np.allclose(local_then, local_now)  # another starting model, other scores
+    capsys.readouterr()
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--set", "run.personalize_from=fedprox"]) == 2
+    assert capsys.readouterr().err.strip() == ("recfl: error: run.personalize_from must be one of cloud_model, fedsubavg, "
+                                               "fedavg, got 'fedprox'")
+
+
 def test_an_out_folder_of_another_data_set_is_refused_unless_forced(finished, capsys):
     tmp, out = finished
     other = tmp / "other"

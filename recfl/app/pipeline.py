@@ -76,6 +76,7 @@ CONTROL = "cloud"
 PERSONALIZED = ("local", "coda-nofilter", "coda")
 GLOBAL = ("fedavg", "fedsubavg")
 ARMS = (CONTROL, *GLOBAL, *PERSONALIZED)
+STARTS = ("cloud_model", *GLOBAL)  # stages whose model the personalized arms may start from
 LAYOUT = 2  # stage.json format; 2: result paths relative to the run folder (earlier stage.json files rerun once)
 
 
@@ -86,9 +87,12 @@ class RunConfig:
     device_users: int = 200  # personalize and evaluate the first N device users by id (0 = all)
     workers: int = 2  # parallel device processes during personalization
     min_evaluable_users: int = 50  # stop before training when fewer evaluated users count for [ab] primary (0 = never)
+    personalize_from: str = "cloud_model"  # the model the personalized arms start from: cloud_model | fedsubavg | fedavg
 
     def __post_init__(self):
         config.check_limits(self, "run", device_users=">= 0", workers=">= 1", min_evaluable_users=">= 0")
+        if self.personalize_from not in STARTS:
+            raise RecflError(f"run.personalize_from must be one of {', '.join(STARTS)}, got {self.personalize_from!r}")
 
 
 @dataclass
@@ -227,8 +231,9 @@ def _candidates_run(ctx: RunContext, out: Path) -> dict:
     return {"candidates_dir": ctx.portable(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
 
 
-def _arm_stage(arm: str) -> Stage:
-    model_stage = arm if arm in GLOBAL else "cloud_model"
+def _arm_stage(arm: str, start: str) -> Stage:
+    """The arm's predictions: a global model scored unchanged, or each device's personalization of ``start``'s model."""
+    model_stage = arm if arm in GLOBAL else start if arm in PERSONALIZED else "cloud_model"
     depends = (model_stage, "candidates") if arm in ("coda", "coda-nofilter") else (model_stage,)
 
     def settings(ctx: RunContext) -> dict:
@@ -287,8 +292,8 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def stages() -> tuple[Stage, ...]:
-    """The pipeline in dependency order."""
+def stages(start: str = RunConfig.personalize_from) -> tuple[Stage, ...]:
+    """The pipeline in dependency order; the personalized arms start from the model of stage ``start``."""
     return (
         Stage("data", _data_settings, _data_run, check=_data_check),
         Stage("pool", _pool_settings, _pool_run, depends=("data",)),
@@ -296,7 +301,7 @@ def stages() -> tuple[Stage, ...]:
         _federated_stage("fedsubavg"),
         _federated_stage("fedavg"),
         Stage("candidates", _candidates_settings, _candidates_run, depends=("pool",)),
-        *(_arm_stage(arm) for arm in ARMS),
+        *(_arm_stage(arm, start) for arm in ARMS),
         Stage("ab", _ab_settings, _ab_run, depends=tuple(f"arm-{arm}" for arm in ARMS)),
     )
 
@@ -308,7 +313,7 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
     ``force`` replaces another run held in ``out`` (see the module docstring) instead of refusing it.
     """
     ctx = RunContext(Path(out), doc, Path(data_dir) if data_dir else None)
-    pipeline = only or stages()
+    pipeline = only or stages(ctx.run.personalize_from)
     plan: dict[str, tuple[str, dict]] = {}  # stage -> (fingerprint, settings); settings alone decide it
     for stage in pipeline:
         settings = json.loads(json.dumps(stage.settings(ctx), sort_keys=True, default=str))  # as stage.json records it
