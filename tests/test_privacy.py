@@ -3,7 +3,7 @@ secure sums (signature), a private round against a NumPy reference, what the ser
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import json
 import math
 
@@ -159,14 +159,14 @@ def test_private_round_matches_the_numpy_reference(tff_runtime, algorithm):
 
 
 class Recorder:
-    """The runtime, keeping every call's argument and what it returned to the server."""
+    """The runtime, keeping every call's computation, argument and what it returned to the server."""
 
     def __init__(self, runtime):
         self.runtime, self.calls = runtime, []
 
     def invoke(self, comp, arg=None):
         result = self.runtime.invoke(comp, arg)
-        self.calls.append((arg, result))
+        self.calls.append((comp, arg, result))
         return result
 
 
@@ -184,7 +184,7 @@ def test_the_server_sees_only_noisy_sums_over_a_union_with_fake_rows(tff_runtime
     process = PrivateProcess(SPEC, WORK, RowCoefficients.for_algorithm("fedavg", SPEC), recorder, 1.0, _budget(config), seed=0)
     clients = [CLIENTS[i][0] for i in SAMPLED]
     process.next(process.initialize(init_params(SPEC, 3)), clients, seed=7)
-    (_, counts), ((server, inputs), result) = recorder.calls
+    (_, _, counts), (_, (server, inputs), result) = recorder.calls
     assert {t: np.asarray(c).shape for t, c in counts.items()} == {t: (rows,) for t, rows in SPEC.rows}  # one count per row, nobody's list
     assert all(np.asarray(c).max() <= len(clients) for c in counts.values())
     union = {t: np.union1d([0, 1], np.flatnonzero(c)) for t, c in counts.items()}
@@ -205,6 +205,65 @@ def test_the_server_sees_only_noisy_sums_over_a_union_with_fake_rows(tff_runtime
         assert np.all(noisy != 0) and np.all(bare[~touched] == 0)  # the noise share hides which rows carry a delta
     noise = _union_values(result["update"], union) - sum(_union_values(c["update"], union) for c in clean)
     assert np.std(noise) == pytest.approx(sigma * clip, rel=0.2)  # the shares add up to noise_multiplier * clip_norm
+
+
+def _arrays(value):
+    """Every array reachable from ``value`` through dicts, sequences and dataclasses (what the server holds)."""
+    if isinstance(value, (np.ndarray, tf.Tensor)):
+        yield np.asarray(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _arrays(v)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _arrays(getattr(value, f.name))
+
+
+def test_no_client_row_set_or_delta_is_reachable_from_the_server_side_result(tff_runtime):
+    """What the server gets from a round is a symmetric, additive function of the clients' uploads (reordering the
+    cohort changes nothing; each client alone, added up, gives the same values), and nothing the server holds after
+    the round (returned values, new model, metrics, the process's own state) is a client's row ids, its
+    randomized-response report, its update or its upload."""
+    config = PrivacyConfig(enabled=True, keep_probability=0.9, fake_probability=0.3, clip_norm=0.05, noise_multiplier=3.0)
+    recorder = Recorder(tff_runtime)
+    process = PrivateProcess(SPEC, WORK, RowCoefficients.for_algorithm("fedavg", SPEC), recorder, 1.0, _budget(config), seed=0)
+    clients = [CLIENTS[i][0] for i in SAMPLED]
+    state, metrics = process.next(process.initialize(init_params(SPEC, 3)), clients, seed=7)
+    (union_comp, reports_in, counts), (round_comp, (server, inputs), result) = recorder.calls
+
+    def run(comp, arg):
+        return tf.nest.map_structure(np.asarray, tff_runtime.invoke(comp, arg))
+
+    for got, want in zip(tf.nest.flatten(run(union_comp, reports_in[::-1])), tf.nest.flatten(counts)):
+        np.testing.assert_array_equal(got, want)
+    alone = [run(union_comp, [x]) for x in reports_in]
+    for got, *parts in zip(tf.nest.flatten(counts), *(tf.nest.flatten(a) for a in alone)):
+        np.testing.assert_array_equal(got, sum(parts))
+    for got, want in zip(tf.nest.flatten(run(round_comp, (server, inputs[::-1]))), tf.nest.flatten(result)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    alone = [run(round_comp, (server, [x])) for x in inputs]
+    for got, *parts in zip(tf.nest.flatten(result), *(tf.nest.flatten(a) for a in alone)):
+        np.testing.assert_allclose(got, sum(np.float64(p) for p in parts), atol=1e-5)
+
+    secrets = []  # per client: its row ids, its report, its clean update and its noisy upload
+    silent = {**server, "share_std": np.float32(0.0)}
+    for x, rr in zip(inputs, reports_in):
+        for t, rows in SPEC.rows:
+            keys = np.asarray(x[f"{t}_keys"])
+            secrets += [keys, np.unique(keys), np.setdiff1d(keys, [0, 1]),
+                        perturb(tf.constant(keys), rows, tf.constant(rr["rr_seed"]), 0.9, 0.3).numpy()]
+        for s in (silent, server):
+            update = private.private_update(SPEC, WORK, config.clip_norm, _eager(s), _eager(x))["update"]
+            secrets += [a for a in _arrays(update) if np.any(a != 0)]
+    held = list(_arrays([counts, result, state, metrics, vars(process)]))
+    assert len(held) > 10 and sum(a.size for a in held) > 200  # the walk does reach the server's values
+    for secret in secrets:
+        for value in held:
+            same = value.shape == secret.shape and np.allclose(value.astype(np.float64), secret.astype(np.float64), atol=1e-6)
+            assert not same, (secret, value)
 
 
 def _union_values(update, union):

@@ -38,6 +38,7 @@ from tools.fl_convergence import grid_parser
 
 ALGORITHMS = ("fedsubavg", "fedavg")
 METRICS = ("test_auc", "test_gauc")
+LABELS = {"off": "without privacy", "no noise": "[privacy], no noise"}  # the table's names of the settings
 
 
 def settings(epsilons: list[float], clip: float) -> dict[str, PrivacyConfig]:
@@ -64,6 +65,12 @@ def update_norms(data: PreparedDataset, fed: FederatedConfig, clients: int = 100
     return np.array([np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in
                                  [*(u["tables"][t]["rows"] for t in u["tables"]), *u["dense"].values()])) / float(u["examples"])
                      for u in uploads])
+
+
+def _span(values: list) -> str:
+    """A figure that varies over seeds (e.g. the epsilon against the server): its range, rounded."""
+    low, high = (f"{v:.3g}" if isinstance(v, float) else str(v) for v in (min(values, key=float), max(values, key=float)))
+    return low if low == high else f"{low}-{high}"
 
 
 def _cell(values: list[float]) -> str:
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             budgets = [r.get("privacy", {}) for r in done]
             rows.append({"algorithm": algorithm, "setting": name,
                          "epsilon": budgets[0].get("epsilon", "-") if name != "off" else "-",
+                         "epsilon_known_cohort": _span([b["epsilon_known_cohort"] for b in budgets]) if name != "off" else "-",
                          "noise_multiplier": budgets[0].get("noise_multiplier", "-") if name != "off" else "-",
                          **{m: [r["final"][m] for r in done] for m in METRICS}})
     norms = update_norms(data, FederatedConfig(clients_per_round=args.clients_per_round, client_lr=args.client_lr))
@@ -104,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"data": str(data.root), "rows": rows, "update_norms_at_start": quantiles, "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out", "plot")},
               "privacy": {k: v for k, v in budgets[0].items() if k not in ("epsilon", "noise_multiplier")}}
     write_json_atomic(out / "utility.json", result)
-    lines = ["| algorithm | setting | epsilon (delta 1e-5) | noise multiplier | test AUC | test gAUC |", "|---|---|---|---|---|---|"]
+    lines = ["| algorithm | setting | epsilon (delta 1e-5) | epsilon against the server | noise multiplier | test AUC | test gAUC |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['algorithm']} | {row['setting']} | {row['epsilon']} | {row['noise_multiplier']} | "
-                     f"{_cell(row['test_auc'])} | {_cell(row['test_gauc'])} |")
+        lines.append(f"| {row['algorithm']} | {LABELS.get(row['setting'], '[privacy], ' + row['setting'])} | {row['epsilon']} | "
+                     f"{row['epsilon_known_cohort']} | {row['noise_multiplier']} | {_cell(row['test_auc'])} | {_cell(row['test_gauc'])} |")
     lines += ["", f"Clip norm {args.clip_norm}; L2 norm of a client's unweighted update at the initial model "
                   f"(100 clients): median {quantiles['p50']}, 10th-90th percentile {quantiles['p10']}-{quantiles['p90']}."]
     (out / "utility.md").write_text("\n".join(lines) + "\n")

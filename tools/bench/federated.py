@@ -5,9 +5,7 @@ absent) and a synthetic set whose item table has 1,000,000 rows. For each:
 median round time and client updates per second of recfl's FedSubAvg and
 of TFF's FedAvg (the reference, in the same run, each on a fresh local TFF
 worker), upload bytes per client (sparse rows vs the dense model TFF sends)
-and the peak memory of the TFF worker. On MovieLens 100K also private rounds
-(``[privacy]``: randomized-response union, secure sums, clipping, noise) against
-the same rounds without privacy, interleaved.
+and the peak memory of the TFF worker. Private rounds are in :mod:`tools.bench.privacy`.
 """
 
 from __future__ import annotations
@@ -22,9 +20,6 @@ from recfl.core.dataset import prepare
 from recfl.core.features import Encoder
 from recfl.core.federated.clients import Population
 from recfl.core.federated.computations import ClientWork, sparse_sum, sparse_type
-from recfl.core.federated.privacy.accounting import plan
-from recfl.core.federated.privacy.process import PrivateProcess
-from recfl.core.federated.privacy.settings import PrivacyConfig
 from recfl.core.federated.process import (
     FederatedProcess,
     RowCoefficients,
@@ -32,7 +27,6 @@ from recfl.core.federated.process import (
 )
 from recfl.core.federated.reference import build_tff_fedavg, client_dataset
 from recfl.core.federated.runtime import Runtime
-from recfl.core.federated.sampling import Availability
 from recfl.core.federated.tff_process import SelectProcess
 from recfl.core.formats import SyntheticSpec, load
 from recfl.core.models import ModelConfig, ModelSpec, init_params, vocabulary_sizes
@@ -42,7 +36,7 @@ BENCH = "federated"
 SHARED_ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 
 
-def _case_data(name: str, root: Path, quick: bool):
+def case_data(name: str, root: Path, quick: bool):
     if name == "movielens-100k" and SHARED_ML100K.exists():
         return prepare(load("movielens-100k", SHARED_ML100K), root / name), "MovieLens 100K"
     if name == "movielens-100k":
@@ -79,47 +73,9 @@ def _aggregation(spec, clients, runtime) -> tuple[float, float]:
             median_seconds(lambda: runtime.invoke(dense_total, dense), repeats=3))
 
 
-def _privacy(spec, population, clients: list, work: ClientWork, runtime, plain: FederatedProcess, params, label: str) -> list[Figure]:
-    """Private FedSubAvg rounds against the same rounds without privacy, interleaved (after one untimed pass
-    that traces every union capacity), plus the private heat counts against the plain ones."""
-    budget = plan(PrivacyConfig(enabled=True), len(clients), len(population), len(clients[0]), Availability(), seed=0)
-    n = len(population)
-    started = time.perf_counter()
-    heat = PrivateProcess(spec, work, RowCoefficients.for_algorithm("fedavg", spec), runtime, 1.0, budget, 0).heat(
-        population.clients(np.arange(lo, min(lo + 2000, n))) for lo in range(0, n, 2000))
-    heat_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    plain.heat(population.clients(np.arange(lo, min(lo + 2000, n))) for lo in range(0, n, 2000))
-    plain_heat_seconds = time.perf_counter() - started
-    private = PrivateProcess(spec, work, RowCoefficients.for_algorithm("fedsubavg", spec, heat), runtime, 1.0, budget, 0)
-    states = [plain.initialize(params), private.initialize(params)]
-    for round_clients in clients:  # untimed: traces each union capacity once
-        private.next(private.initialize(params), round_clients, seed=0)
-    times, sent, received = ([], []), ([], []), ([], [])
-    for round_clients in clients:
-        for k, process in enumerate((plain, private)):
-            states[k], metrics = process.next(states[k], round_clients, seed=0)
-            times[k].append(metrics.seconds)
-            sent[k].append(metrics.upload_bytes / len(round_clients))
-            received[k].append(metrics.download_bytes / len(round_clients))
-    case = f"{label}, {len(clients[0])} clients/round"
-    note = (f"eps {budget.epsilon:.3g} at delta {budget.config.delta:g} for {len(clients)} rounds; "
-            f"randomized response p = {budget.config.keep_probability}, q = {budget.config.fake_probability}")
-    same = "the same rounds without privacy"
-    return [
-        Figure(BENCH, f"round seconds with [privacy] ({case})", float(np.median(times[1])), "s", same, float(np.median(times[0])), note=note),
-        Figure(BENCH, f"upload bytes per client with [privacy] ({case})", float(np.mean(sent[1])), "B", same, float(np.mean(sent[0])),
-               note="secure sums counted at their bit widths: 1 bit per reported row, 32 per value"),
-        Figure(BENCH, f"download bytes per client with [privacy] ({case})", float(np.mean(received[1])), "B", same,
-               float(np.mean(received[0])), note="every client receives the union's rows"),
-        Figure(BENCH, f"heat counts over all {n:,} clients with [privacy] ({label})", heat_seconds, "s",
-               "plain heat counts", plain_heat_seconds),
-    ]
-
-
 def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
-        data, label = _case_data(name, Path(tmp), quick)
+        data, label = case_data(name, Path(tmp), quick)
         spec = ModelSpec.build(ModelConfig(), vocabulary_sizes(data))
         if name != "movielens-100k":  # the table is sized to the full catalogue, not only items seen in train
             spec = spec.with_rows({"item": max(spec.table_rows("item"), 100_000 if quick else 1_000_000),
@@ -154,7 +110,6 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
                 if k:
                     select_times.append(metrics.seconds)
             sparse_agg, dense_agg = _aggregation(spec, clients[0], runtime)
-            private = _privacy(spec, population, clients, work, runtime, process, state.params, label) if name == "movielens-100k" else []
 
         with Runtime() as runtime:
             tff_process = build_tff_fedavg(spec, work.learning_rate)
@@ -185,14 +140,13 @@ def _measure(name: str, quick: bool, clients_per_round: int, repeats: int) -> li
         Figure(BENCH, f"TFF worker peak RSS ({case})", ours_mem, "MB", "TFF build_weighted_fed_avg", reference_mem,
                note=f"recfl also holds the global model ({tables_mb:.0f} MB) in the server process"),
         Figure(BENCH, f"heat counts over all {n:,} clients ({label})", heat_seconds, "s", note="gathered once per simulation"),
-        *private,
     ]
 
 
 def _model_rounds(quick: bool, clients_per_round: int, repeats: int) -> list[Figure]:
     """FedSubAvg round time of the attention model against the mean-pooled model: same clients, same rounds."""
     with tempfile.TemporaryDirectory() as tmp:
-        data, label = _case_data("movielens-100k", Path(tmp), quick)
+        data, label = case_data("movielens-100k", Path(tmp), quick)
         times = {}
         with Runtime() as runtime:
             for name in ("mean", "attention"):
