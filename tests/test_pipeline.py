@@ -179,7 +179,7 @@ def test_a_setting_reruns_only_the_stages_that_read_it(finished):
     assert [name for name in after if after[name] != before[name]] == ["arm-coda", "ab"]
 
 
-def test_personalized_arms_start_from_the_chosen_global_model(finished, capsys):
+def test_personalized_arms_start_from_the_chosen_model(finished, capsys):
     """``run.personalize_from``: only the personalized arms (and the report) rerun, from the federated model."""
     tmp, out = finished
     copy = tmp / "from-fedavg"

@@ -94,7 +94,7 @@ class RunConfig:
     device_users: int = 200  # personalize and evaluate the first N device users by id (0 = all)
     workers: int = 2  # parallel device processes during personalization
     min_evaluable_users: int = 50  # stop before training when fewer evaluated users count for [ab] primary (0 = never)
-    personalize_from: str = "cloud_model"  # the model the personalized arms start from: cloud_model | fedsubavg | fedavg
+    personalize_from: str = "fedsubavg"  # the model the personalized arms start from: cloud_model | fedsubavg | fedavg (README)
 
     def __post_init__(self):
         config.check_limits(self, "run", device_users=">= 0", workers=">= 1", min_evaluable_users=">= 0")
