@@ -25,7 +25,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_command(tmp_path):
     out = tmp_path / "synth"
-    done = subprocess.run([sys.executable, "-c", INTERRUPT_IN_GC_CALLBACK, "data", "synth", "--users", "3000",
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_IN_GC_CALLBACK, "data", "synth", "--users", "50000",
                            "--items", "1000", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "recfl: interrupted" and "Traceback" not in done.stderr, done.stderr
