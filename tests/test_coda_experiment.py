@@ -1,0 +1,46 @@
+"""``tools.coda_experiment``: a grid of ``recfl run`` variants on a validation split carved from train, seed-pooled."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from recfl.core.dataset import PreparedDataset
+from tools.coda_experiment import main
+
+from test_pipeline import TINY
+
+
+@pytest.mark.heavy  # two pipeline runs
+def test_the_grid_runs_each_variant_on_validation_and_reruns_only_what_a_variant_changes(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'config = "{tmp_path / "tiny.toml"}"\nseeds = [0]\n'
+                    '[[variant]]\nname = "defaults"\n'
+                    '[[variant]]\nname = "keep 30%"\nset = ["filter.keep_fraction=0.3"]\n')
+    out = tmp_path / "grid"
+    assert main(["--grid", str(grid), "--out", str(out), "--bootstrap", "50"]) == 0
+
+    test, val = PreparedDataset(out / "test-data"), PreparedDataset(out / "val-data")
+    assert set(val.test["event_id"]) <= set(test.train["event_id"])  # validation never holds a test event
+    assert not set(val.train["event_id"]) & set(test.test["event_id"])
+    stage = lambda variant, name: json.loads((out / "val" / variant / "seed-0" / name / "stage.json").read_text())
+    for name in ("data", "cloud_model", "fedsubavg", "arm-local"):  # copied from the first variant and skipped
+        assert stage("keep-30-", name) == stage("defaults", name)
+    assert stage("keep-30-", "arm-coda")["settings"]["filter"]["keep_fraction"] == 0.3
+
+    table = pd.read_csv(out / "val" / "results.csv")
+    assert set(table["variant"]) == {"defaults", "keep 30%"} and set(table["control"]) == {"cloud", "local"}
+    assert set(table[table["control"] == "local"]["arm"]) == {"cloud", "fedavg", "fedsubavg", "coda-nofilter", "coda"}
+    same = table.set_index(["variant", "control", "arm"])["lift"]
+    assert same[("defaults", "cloud", "local")] == same[("keep 30%", "cloud", "local")]  # the local arm did not rerun
+    assert "| keep 30% | coda |" in capsys.readouterr().out
+
+
+def test_a_bad_grid_is_one_line(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('config = "x.toml"\n')
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"coda_experiment: error: --grid {grid}: no [[variant]] tables"
