@@ -218,8 +218,9 @@ def run(size: str) -> list[Figure]:
                "its weights as float32 arrays", mean_s["weight_bytes"] / 1e6),
         Figure(BENCH, ".tflite size, attention model (item capacity 4096, category 256)", att_s["tflite_bytes"] / 1e6, "MB",
                "its weights as float32 arrays", att_s["weight_bytes"] / 1e6),
-        Figure(BENCH, "device runtime install size: tflite_runtime package", runtime_mb, "MB",
-               "the tensorflow package", tensorflow_mb, note="disk size of the installed package folders"),
+        *([Figure(BENCH, "device runtime install size: tflite_runtime package", runtime_mb, "MB",
+                  "the tensorflow package", tensorflow_mb, note="disk size of the installed package folders")]
+          if runtime_mb is not None else []),  # no .venv-device here (make venv-device builds it)
         Figure(BENCH, "coda device time (filter + fine-tuning)", float(np.median(reports["coda"]["seconds"])), "s",
                "local device time, same devices", float(np.median(reports["local"]["seconds"])), note=where),
         Figure(BENCH, "submodel download per device", float(np.median(r["submodel_bytes"])) / 1e3, "kB",
