@@ -16,9 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfl.app import api
+from recfl.app.api import AbConfig, FederatedConfig, RunConfig, SyntheticSpec, TrainConfig
 from recfl.app.cli import main
 from recfl.app.commands.run import summary_lines
 from recfl.app.pipeline import ARMS, GLOBAL, PERSONALIZED, stages
+from recfl.core.errors import RecflError
 from recfl.core.metrics import per_user_auc
 from tensorboard_events import expected_rounds, histogram_counts, holds, scalars
 
@@ -104,6 +107,19 @@ def test_tensorboard_and_the_report_show_the_rounds_and_the_device_results(finis
     report = (out / "ab" / "report.md").read_text()
     assert "## Federated convergence" in report and (out / "ab" / "plots" / "convergence.png").stat().st_size > 1000
     assert "Federated convergence" in (out / "ab" / "report.html").read_text()
+
+
+def test_the_python_api_runs_the_same_pipeline(finished):
+    """``api.run`` with the config file's settings as dataclasses has the command's fingerprints: nothing reruns."""
+    tmp, out = finished
+    before = _stage_times(out)
+    run = api.run(out, SyntheticSpec(users=120, items=300, categories=12, events_per_user=30.0), TrainConfig(epochs=1),
+                  FederatedConfig(rounds=3, clients_per_round=10), RunConfig(device_users=8), AbConfig(bootstrap=100))
+    assert _stage_times(out) == before
+    assert run.report == out / "ab" / "report.html" and run.stages == json.loads((out / "run.json").read_text())["stages"]
+    assert set(run.primary["values"]) == set(ARMS)
+    with pytest.raises(RecflError, match="dict is not a config section"):
+        api.run(out, {"train": {"epochs": 2}})
 
 
 def test_rerun_skips_everything_and_a_changed_setting_reruns_only_downstream(finished):
