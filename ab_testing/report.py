@@ -12,6 +12,7 @@ import base64
 import html
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def verdict(c: Comparison) -> str:
     return "**better**" if c.better else "**worse**"
 
 
-def blocks(result: AbResult) -> list:
-    """The report's content, top to bottom."""
+def blocks(result: AbResult, extra: Sequence = ()) -> list:
+    """The report's content, top to bottom; ``extra`` blocks (e.g. the federated convergence) before the method."""
     cfg = result.config
     arms = (result.control, *result.treatments)
     overall = [c for c in result.comparisons if c.segment == "all"]
@@ -128,7 +129,7 @@ def blocks(result: AbResult) -> list:
             _lift_table([c for c in result.comparisons if c.segment != "all"], with_segment=True)]
     out += [Image("lifts.png", plots.lift_per_segment(result), "relative lift per segment with intervals"),
             Heading("Per-user distributions"),
-            Image("per_user.png", plots.per_user_distributions(result), "per-user metric distributions")]
+            Image("per_user.png", plots.per_user_distributions(result), "per-user metric distributions"), *extra]
     out += [Heading("Method"), Bullets(
         [f"**{m.name}**: {m.description}." for m in result.metrics] + [
             "Ranking metrics rank each user's own test events by score; tied scores count in random order "
@@ -245,11 +246,12 @@ def _json_safe(value):
     return value
 
 
-def write_report(result: AbResult, out: str | Path) -> dict[str, str]:
-    """Write report.md (+ plots/), report.html and metrics.json under ``out``; returns their paths."""
+def write_report(result: AbResult, out: str | Path, extra: Sequence = ()) -> dict[str, str]:
+    """Write report.md (+ plots/), report.html and metrics.json under ``out`` (``extra`` blocks in both reports);
+    returns their paths."""
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    content = blocks(result)
+    content = blocks(result, extra)
     for block in content:
         if isinstance(block, Image):
             (out / "plots" / block.name).write_bytes(block.png)

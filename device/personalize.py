@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -211,7 +210,6 @@ _CONTEXT: DeviceContext | None = None
 
 def _init_worker(settings: WorkerSettings) -> None:
     global _CONTEXT
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _CONTEXT = settings.context()
 
 

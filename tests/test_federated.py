@@ -18,6 +18,7 @@ from recfl.core.models import ModelConfig, ModelSpec, init_params, train_step
 from recfl.core.submodel import Submodel
 
 from federated_fixtures import SIM_ARGS, final_params, metrics_rounds, wait_for_rounds
+from tensorboard_events import expected_rounds, scalars
 
 SPEC = ModelSpec.build(ModelConfig(embed_dim=3, hidden=(4,), history=2, max_categories=1), {"items": 12, "categories": 5})
 WORK = computations.ClientWork(epochs=2, batch_size=2, learning_rate=0.3)
@@ -231,6 +232,7 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_p
     assert 3 <= done < 12
     assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *twelve, "--resume"]) == 0
     assert metrics_rounds(killed) == list(range(1, 13))
+    assert scalars(killed / "tensorboard") == expected_rounds(killed / "metrics.jsonl")  # TensorBoard: each round once
     for a, b in zip(final_params(full), final_params(killed)):
         np.testing.assert_array_equal(a, b)
     assert main(["simulate", "--data", str(small_data.root), "--out", str(killed), *twelve]) == 2  # refuses to overwrite

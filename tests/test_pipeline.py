@@ -16,9 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfl.app import api
+from recfl.app.api import AbConfig, FederatedConfig, RunConfig, SyntheticSpec, TrainConfig
 from recfl.app.cli import main
 from recfl.app.commands.run import summary_lines
-from recfl.app.pipeline import ARMS, stages
+from recfl.app.pipeline import ARMS, GLOBAL, PERSONALIZED, stages
+from recfl.core.errors import RecflError
+from recfl.core.metrics import per_user_auc
+from tensorboard_events import expected_rounds, histogram_counts, holds, scalars
 
 TINY = """
 [synthetic]
@@ -80,6 +85,41 @@ def test_every_stage_runs_and_the_report_compares_all_arms(finished, capsys):
     assert 0 < primary["counted"] <= primary["users"] == 8
     assert summary_lines(primary)[0].startswith(f"gauc (primary metric) on the device users' test events: {primary['counted']} of 8")
     assert run["stages"]["pool"]["pool_dir"] and run["stages"]["candidates"]["rows"] > 0
+
+
+def test_tensorboard_and_the_report_show_the_rounds_and_the_device_results(finished):
+    """OUT/tensorboard: each federated stage's rounds as in its metrics.jsonl, each arm's per-device results as
+    histograms; the A/B report's convergence figure."""
+    _, out = finished
+    for algorithm in GLOBAL:
+        assert scalars(out / "tensorboard" / algorithm) == expected_rounds(out / algorithm / "metrics.jsonl")
+    for arm in ARMS:
+        predictions = pd.read_parquet(out / f"arm-{arm}" / f"{arm}.parquet")
+        users = per_user_auc(predictions["user_id"], predictions["label"], predictions["score"])["auc"]
+        counts = histogram_counts(out / "tensorboard" / f"arm-{arm}")
+        assert holds(counts["device/test_auc"], users)
+        if arm in PERSONALIZED:
+            devices = pd.read_parquet(out / f"arm-{arm}" / f"{arm}.devices" / "users.parquet")
+            assert holds(counts["device/epochs"], devices["epochs"]) and holds(counts["device/kept"], devices["kept"])
+            assert ("device/filter_auc" in counts) == (arm == "coda")
+        else:
+            assert set(counts) == {"device/test_auc"}
+    report = (out / "ab" / "report.md").read_text()
+    assert "## Federated convergence" in report and (out / "ab" / "plots" / "convergence.png").stat().st_size > 1000
+    assert "Federated convergence" in (out / "ab" / "report.html").read_text()
+
+
+def test_the_python_api_runs_the_same_pipeline(finished):
+    """``api.run`` with the config file's settings as dataclasses has the command's fingerprints: nothing reruns."""
+    tmp, out = finished
+    before = _stage_times(out)
+    run = api.run(out, SyntheticSpec(users=120, items=300, categories=12, events_per_user=30.0), TrainConfig(epochs=1),
+                  FederatedConfig(rounds=3, clients_per_round=10), RunConfig(device_users=8), AbConfig(bootstrap=100))
+    assert _stage_times(out) == before
+    assert run.report == out / "ab" / "report.html" and run.stages == json.loads((out / "run.json").read_text())["stages"]
+    assert set(run.primary["values"]) == set(ARMS)
+    with pytest.raises(RecflError, match="dict is not a config section"):
+        api.run(out, {"train": {"epochs": 2}})
 
 
 def test_rerun_skips_everything_and_a_changed_setting_reruns_only_downstream(finished):

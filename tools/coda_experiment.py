@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tomllib
@@ -158,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default="gauc", help="the metric of the table (default gauc)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         grid = Grid.read(args.grid)

@@ -1,8 +1,10 @@
 """Where a device's candidates come from: a candidates directory written by ``recfl pool match``, or coarse
-matching against the pool on the fly (the pool loaded once for every chunk of users)."""
+matching against the pool on the fly (the pool loaded once, when the first device asks for candidates, so an
+arm that needs none never loads it)."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,10 @@ def candidate_source(data: PreparedDataset, pool_dir: Path, candidates_dir: Path
     """Device user ids -> their candidates table, read from ``candidates_dir`` or matched now."""
     if candidates_dir is not None:
         return lambda users: read_candidates(candidates_dir, users=users)
-    matcher = Matcher(pool_dir, data, match_config)
-    with_train = data.train["user_id"].unique()
+    matcher = cache(lambda: Matcher(pool_dir, data, match_config))
+    with_train = cache(lambda: data.train["user_id"].unique())
 
     def match(users: np.ndarray) -> pd.DataFrame:
-        return matcher.candidates(np.intersect1d(users, with_train))  # a profile needs training events
+        return matcher().candidates(np.intersect1d(users, with_train()))  # a profile needs training events
 
     return match

@@ -32,6 +32,7 @@ from recfl.app.commands import (
     train,
 )
 from recfl.core.errors import RecflError
+from recfl.core.quiet import quiet_libraries
 
 COMMANDS = (data, train, predict, simulate, run, pool, ab, stream, personalize)
 
@@ -46,13 +47,6 @@ def build_parser() -> Parser:
     for plugin in sorted(entry_points(group="recfl.commands"), key=lambda e: e.name):
         plugin.load()(commands)
     return parser
-
-
-def _quiet_tensorflow(level: str) -> None:
-    """TensorFlow's C++ start-up chatter (CUDA probes on a CPU machine) unless debugging."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if level == "DEBUG" else "3")
-    for name in ("absl", "tensorflow", "h5py", "matplotlib"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +78,7 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exit:  # --help, --version, or a usage error already printed as one line
         return int(exit.code or 0)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _quiet_tensorflow(args.log_level)
+    quiet_libraries(debug=args.log_level == "DEBUG")  # TensorFlow's C++ chatter back on for --log-level DEBUG
     try:
         return int(args.handler(args) or 0)
     except RecflError as exc:

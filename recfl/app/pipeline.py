@@ -27,6 +27,9 @@ replaced; any other change of settings (another config file included)
 reruns just the stages that read it. Stage folders recfl did not write are
 never touched.
 
+TensorBoard summaries go to ``OUT/tensorboard/<stage>/`` (the federated rounds, and each arm's results per
+device), removed with their stage's outputs.
+
 Paths in ``stage.json`` and ``OUT/run.json`` are relative to ``OUT`` (a
 data set prepared elsewhere, ``--data``, stays absolute), so a run folder
 can be moved or copied and rerun in place.
@@ -52,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ab_testing.convergence import convergence_blocks
 from ab_testing.evaluate import AbConfig, evaluate, evaluate_seeds
 from ab_testing.predictions import Predictions, read_predictions
 from ab_testing.report import write_report
@@ -73,6 +77,7 @@ from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.formats import SyntheticSpec
 from recfl.core.models import ModelConfig
 from recfl.core.pool import load_split, pool_summary
+from recfl.core.summaries import SUMMARIES, device_results, write_distributions
 from recfl.core.train import TrainConfig, train_cloud_model
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,7 @@ class RunContext:
     doc: dict
     data_dir: Path | None = None
     results: dict[str, dict] = field(default_factory=dict)
+    progress: bool = True  # progress bars on stderr
 
     def section(self, cls, name: str):
         return config.section(cls, self.doc, name)
@@ -199,7 +205,7 @@ def _cloud_settings(ctx: RunContext) -> dict:
 def _cloud_run(ctx: RunContext, out: Path) -> dict:
     split = _split(ctx)
     report = train_cloud_model(ctx.data, out, ctx.section(ModelConfig, "model"), ctx.section(TrainConfig, "train"),
-                               train_users=split.sharing_users, test_users=split.device_users)
+                               progress=ctx.progress, train_users=split.sharing_users, test_users=split.device_users)
     return {"model_dir": ctx.portable(out), "trained_on_users": len(split.sharing_users), "device_test": report["model"],
             "popularity_baseline": report["popularity_baseline"]}
 
@@ -215,8 +221,8 @@ def _federated_stage(algorithm: str) -> Stage:
     def run(ctx: RunContext, out: Path) -> dict:
         fed = replace(ctx.section(FederatedConfig, "federated"), algorithm=algorithm)
         summary = simulate(ctx.data, out, fed, ctx.section(ModelConfig, "model"), init=ctx.path("cloud_model", "model_dir"),
-                           resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users,
-                           privacy=ctx.section(PrivacyConfig, "privacy"))
+                           resume=(out / "checkpoint.npz").is_file(), users=_split(ctx).device_users, progress=ctx.progress,
+                           privacy=ctx.section(PrivacyConfig, "privacy"), summaries=ctx.out / SUMMARIES / algorithm)
         return {**summary, "model_dir": ctx.portable(summary["model_dir"])}
 
     return Stage(algorithm, settings, run, depends=("cloud_model",))
@@ -233,7 +239,7 @@ def _candidates_run(ctx: RunContext, out: Path) -> dict:
 
     pool_dir = ctx.path("pool", "pool_dir")
     users = device_users(ctx.data, pool_dir, ctx.run.device_users or None)
-    write_candidates(pool_dir, ctx.data, out, ctx.section(MatchConfig, "matching"), users=users)
+    write_candidates(pool_dir, ctx.data, out, ctx.section(MatchConfig, "matching"), users=users, progress=ctx.progress)
     candidates = read_candidates(out)
     return {"candidates_dir": ctx.portable(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
 
@@ -262,12 +268,15 @@ def _arm_stage(arm: str, start: str) -> Stage:
             if "candidates" in depends else None,
             users=ctx.run.device_users or None, workers=ctx.run.workers,
             filter_config=ctx.section(FilterConfig, "filter"), finetune_config=ctx.section(FinetuneConfig, "finetune"),
-            cache_dir=ctx.out / "tflite",
+            cache_dir=ctx.out / "tflite", progress=ctx.progress,
         )
+        table = pd.read_parquet(predictions)
         if arm in GLOBAL:  # a global model scored unchanged: the file carries the algorithm's name as its arm
-            table = pd.read_parquet(predictions)
             table["arm"] = arm
             table.to_parquet(predictions, index=False)
+        devices = Path(summary["device_dir"]) / "users.parquet"
+        write_distributions(ctx.out / SUMMARIES / f"arm-{arm}",
+                            device_results(table, pd.read_parquet(devices) if devices.is_file() else None))
         return {"predictions": ctx.portable(predictions), "users": summary["users"], "metrics": summary["metrics"],
                 **({"devices": summary["devices"]} if "devices" in summary else {})}
 
@@ -281,17 +290,20 @@ def _ab_settings(ctx: RunContext) -> dict:
 def _ab_run(ctx: RunContext, out: Path) -> dict:
     predictions = read_predictions([ctx.path(f"arm-{arm}", "predictions") for arm in ARMS])
     predictions = replace(predictions, sources={arm: ctx.results[f"arm-{arm}"]["predictions"] for arm in ARMS})  # as run.json
-    return _ab_report(ctx, out, {"": predictions}, ctx.data)
+    curves = {algorithm: [json.loads(line) for line in (ctx.out / algorithm / "metrics.jsonl").read_text().splitlines()]
+              for algorithm in GLOBAL}
+    return _ab_report(ctx, out, {"": predictions}, ctx.data, convergence_blocks(curves))
 
 
-def _ab_report(ctx: RunContext, out: Path, runs: dict[str, Predictions], data: PreparedDataset) -> dict:
-    """The A/B report of one run (``runs`` with one unnamed entry) or pooled over seeds, and the run's headline."""
+def _ab_report(ctx: RunContext, out: Path, runs: dict[str, Predictions], data: PreparedDataset, extra=()) -> dict:
+    """The A/B report of one run (``runs`` with one unnamed entry) or pooled over seeds, and the run's headline;
+    ``extra`` report blocks (a run's federated convergence) go before the method."""
     cfg = ctx.section(AbConfig, "ab").with_primary
     activity = data.train["user_id"].value_counts().rename("train_events")
     pooled = len(runs) > 1 or "" not in runs
-    result = (evaluate_seeds(runs, CONTROL, cfg, activity, progress=True) if pooled
-              else evaluate(runs[""], CONTROL, cfg, activity, progress=True))
-    paths = {name: ctx.portable(path) for name, path in write_report(result, out).items()}
+    result = (evaluate_seeds(runs, CONTROL, cfg, activity, progress=ctx.progress) if pooled
+              else evaluate(runs[""], CONTROL, cfg, activity, progress=ctx.progress))
+    paths = {name: ctx.portable(path) for name, path in write_report(result, out, extra).items()}
     control = next(iter(runs.values())).of(CONTROL)
     users = coverage(control, [cfg.primary], {"evaluated": np.unique(control["user_id"].to_numpy())})["evaluated"]
     values = {v.arm: {"value": _finite(v.value), "ci": [_finite(c) for c in v.ci]}
@@ -327,12 +339,12 @@ def stages(start: str = RunConfig.personalize_from) -> tuple[Stage, ...]:
 
 
 def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, ...] | None = None,
-        force: bool = False) -> dict:
+        force: bool = False, progress: bool = True) -> dict:
     """Run (or skip) every stage in order; returns ``{stage: summary}`` and keeps ``OUT/run.json`` current.
 
     ``force`` replaces another run held in ``out`` (see the module docstring) instead of refusing it.
     """
-    ctx = RunContext(Path(out), doc, Path(data_dir) if data_dir else None)
+    ctx = RunContext(Path(out), doc, Path(data_dir) if data_dir else None, progress=progress)
     pipeline = only or stages(ctx.run.personalize_from)
     plan: dict[str, tuple[str, dict]] = {}  # stage -> (fingerprint, settings); settings alone decide it
     for stage in pipeline:
@@ -503,6 +515,7 @@ def _drop_stale(folder: Path, fingerprint: str) -> None:
     started = _read_json(folder / "started.json")
     if started and started.get("fingerprint") != fingerprint:
         shutil.rmtree(folder)
+        shutil.rmtree(folder.parent / SUMMARIES / folder.name, ignore_errors=True)
 
 
 def _prepare_stage_dir(folder: Path, fingerprint: str, settings: dict) -> None:

@@ -4,7 +4,8 @@ A run directory holds ``run.json`` (settings), ``heat.npz`` (FedSubAvg's row
 counts, gathered once), ``checkpoint.npz`` (the global model after the last
 finished round, replaced atomically every round), ``metrics.jsonl`` (one line
 per round, with test AUC/gAUC every ``eval_every`` rounds) and, at the end,
-``model/`` (params + SavedModel) and ``summary.json``. All randomness derives
+``model/`` (params + SavedModel) and ``summary.json``; ``tensorboard/`` (or the folder given) holds the
+rounds as TensorBoard scalars (:mod:`recfl.core.summaries`). All randomness derives
 from the seed and the round number, so ``--resume`` after a kill reaches the
 same final model as an uninterrupted run.
 """
@@ -53,6 +54,7 @@ from recfl.core.models import (
     save_model,
     vocabulary_sizes,
 )
+from recfl.core.summaries import SUMMARIES, RoundSummaries
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,9 @@ def _metric_lines(path: Path, upto: int) -> list[str]:
 def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedConfig(), model_config: ModelConfig = ModelConfig(),
              init: Path | None = None, resume: bool = False, workers: list[str] | None = None,
              users: np.ndarray | None = None, progress: bool = True, tls: TLSFiles | None = None,
-             privacy: PrivacyConfig = PrivacyConfig()) -> dict:
+             privacy: PrivacyConfig = PrivacyConfig(), summaries: Path | None = None) -> dict:
     """Run (or resume) a simulation and return its summary; ``tls`` is this client's side of mutual TLS with ``workers``;
+    ``summaries`` is the TensorBoard event folder of its rounds (default ``out/tensorboard``);
     with ``privacy.enabled``, private rounds (:mod:`recfl.core.federated.privacy`: Poisson-sampled clients, one secure
     aggregation per round).
 
@@ -177,7 +180,8 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
     runtime = Runtime(workers, log_dir=out, call_timeout=fed.call_timeout, isolate=fed.worker_isolation == "namespace", tls=tls)
     try:
         with runtime:
-            state = _run_rounds(out, fed, spec, model_config, init, resume, population, test, runtime, progress, budget)
+            state = _run_rounds(out, fed, spec, model_config, init, resume, population, test, runtime, progress, budget,
+                                Path(summaries) if summaries is not None else out / SUMMARIES)
     except WorkerLost as lost:
         done = _load_checkpoint(checkpoint, spec).round if checkpoint.is_file() else 0
         raise WorkerLost(f"{lost}: the run stopped after round {done}; start the worker(s) again and continue with --resume") from None
@@ -198,8 +202,9 @@ def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedC
 
 
 def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: ModelConfig, init: Path | None, resume: bool,
-                population: Population, test, runtime: Runtime, progress: bool, budget: Budget | None) -> ServerState:
-    """Rounds until ``fed.rounds``, a checkpoint and a metrics line after each; returns the final state."""
+                population: Population, test, runtime: Runtime, progress: bool, budget: Budget | None,
+                summaries: Path) -> ServerState:
+    """Rounds until ``fed.rounds``, a checkpoint, a metrics line and its TensorBoard scalars after each; returns the final state."""
     checkpoint, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
     heat = _heat(out, fed, population, spec, runtime, budget)
     coefficients = RowCoefficients.for_algorithm(fed.algorithm, spec, heat)
@@ -210,7 +215,8 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
     if state.round:
         log.info("resuming %s after round %d", out, state.round)
     bar = tqdm(total=fed.rounds, initial=state.round, desc=f"{fed.algorithm} rounds", unit="round", disable=not progress)
-    with logging_redirect_tqdm(), bar:  # a warning (a lost worker) on a line of its own, not inside the bar
+    board = RoundSummaries(summaries, map(json.loads, lines))
+    with logging_redirect_tqdm(), bar, board:  # a warning (a lost worker) on a line of its own, not inside the bar
         while state.round < fed.rounds:
             started = time.perf_counter()
             chosen = (poisson_sample_clients if budget else sample_clients)(state.round, len(population), fed.clients_per_round,
@@ -224,6 +230,7 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
             _save_checkpoint(checkpoint, state)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            board.write(record)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.train_loss:.4f}", **({"auc": f"{record['test_auc']:.4f}"} if "test_auc" in record else {}))
     return state
