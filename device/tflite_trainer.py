@@ -43,7 +43,7 @@ from recfl.core.models import ModelParams, ModelSpec, Objective, train_step, wei
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the exported program changes
+FORMAT_VERSION = 3  # bump when the exported program changes
 OPS = ("auto", "builtin", "flex")
 SCHEDULES = ("joint", "sequential")
 
