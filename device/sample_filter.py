@@ -158,10 +158,10 @@ def category_shares(local_rows: np.ndarray, local_categories: np.ndarray, rows: 
 
 
 def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index,
-             history: np.ndarray | None = None, context: dict | None = None) -> np.ndarray:
+             history_mean: np.ndarray | None = None, context: dict | None = None) -> np.ndarray:
     """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
     order (categorical codes first), then the item embedding and the history embedding if asked for.
-    ``history`` holds each event's clicked-history item rows (``Examples.hist``); ``context`` what the user's own
+    ``history_mean`` is each event's mean clicked-history embedding (:func:`history_means`); ``context`` what the user's own
     events say about each event (see :func:`user_context`)."""
     if items.item_embeddings is None and {"embedding", "history", "affinity", "context"} & set(names):
         raise RecflError("filter.features 'embedding', 'affinity', 'context' and 'history' need a model with a table over "
@@ -179,21 +179,27 @@ def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...],
         "affinity": lambda: _cosine(items.item_embeddings[rows].astype(np.float64), context["taste"]),
         "category_share": lambda: context["share"],
         "time_gap": lambda: np.log1p(np.abs(ts - context["median_time"]) / 86400.0),
-        "context": lambda: _cosine(_history_mean(items, history), context["taste"]),
+        "context": lambda: _cosine(_needed(history_mean), context["taste"]),
     }
     scalars = [column[name]() for name in FEATURES if name in names and name in column]
     matrix = np.column_stack(scalars).astype(np.float64) if scalars else np.zeros((len(events), 0))
     if "embedding" in names:
         matrix = np.hstack([matrix, items.item_embeddings[rows].astype(np.float64)])
     if "history" in names:
-        matrix = np.hstack([matrix, _history_mean(items, history)])
+        matrix = np.hstack([matrix, _needed(history_mean)])
     return matrix
 
 
-def _history_mean(items: ItemKnowledge, history: np.ndarray | None) -> np.ndarray:
-    """The mean cloud embedding of each sample's clicked-history items (zeros for an empty history)."""
-    if history is None:
+def _needed(history_mean: np.ndarray | None) -> np.ndarray:
+    if history_mean is None:
         raise ValueError("the history and context features need the samples' history rows")
+    return history_mean
+
+
+def history_means(items: ItemKnowledge, history: np.ndarray | None) -> np.ndarray | None:
+    """The mean cloud embedding of each sample's clicked-history items (zeros for an empty history); None without rows."""
+    if history is None or items.item_embeddings is None:
+        return None
     mask = (history != 0)[..., None]
     return (items.item_embeddings[history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
 
@@ -211,7 +217,8 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig):
     }
     categorical = [k for k, name in enumerate(n for n in FEATURES if n in config.features) if name in CATEGORICAL]
     data = lgb.Dataset(x, label=y, weight=weight, categorical_feature=categorical, free_raw_data=True)
-    return lgb.train(params, data, num_boost_round=config.rounds)
+    # keep_training_booster: no round trip through the model's text form (a tenth of the filter's time)
+    return lgb.train(params, data, num_boost_round=config.rounds, keep_training_booster=True)
 
 
 def assign_folds(n: int, folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -253,12 +260,13 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     rng = np.random.default_rng(config.seed)
     local_fold, cand_fold = assign_folds(n_local, config.folds, rng), assign_folds(n_cand, config.folds, rng)
     context = bool(set(USER_CONTEXT) & set(config.features))
+    local_mean, candidate_mean = history_means(items, local_history), history_means(items, candidate_history)  # once, not per fold
 
     def matrices(k: int) -> tuple[np.ndarray, np.ndarray]:
         """Every sample's features for the model of fold ``k`` (see :func:`user_context`)."""
-        return (features(local, items, config.features, behaviors, local_history,
+        return (features(local, items, config.features, behaviors, local_mean,
                          user_context(local, local_fold, local, local_fold, items, k) if context else None),
-                features(candidates, items, config.features, behaviors, candidate_history,
+                features(candidates, items, config.features, behaviors, candidate_mean,
                          user_context(local, local_fold, candidates, cand_fold, items, k) if context else None))
 
     score, local_score = np.empty(n_cand), np.empty(n_local)
