@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from recfl.core.dataset import PreparedDataset
-from tools.coda_experiment import main
+from tools.coda_experiment import main, markdown
 
 from test_pipeline import TINY
 
@@ -44,3 +44,10 @@ def test_a_bad_grid_is_one_line(tmp_path, capsys):
     grid.write_text('config = "x.toml"\n')
     assert main(["--grid", str(grid), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == f"coda_experiment: error: --grid {grid}: no [[variant]] tables"
+
+
+def test_the_table_names_any_metric():
+    row = {"variant": "v", "control": "cloud", "arm": "coda", "hr@10": 0.25, "lift": 0.01, "ci_low": -0.01,
+           "ci_high": 0.03, "per_seed": [0.01, 0.02], "users": 9}
+    text = markdown(pd.DataFrame([row]), "hr@10", "val", (0, 1))
+    assert "| v | coda | 0.2500 | cloud | +0.0100 [-0.0100, +0.0300] | +0.0100 / +0.0200 | 9 |" in text

@@ -142,10 +142,10 @@ def markdown(table: pd.DataFrame, metric: str, split: str, seeds: tuple[int, ...
     lines = [f"{metric} on the {'validation' if split == 'val' else 'test'} split, mean over seeds "
              f"{', '.join(map(str, seeds))}; 95% two-level bootstrap interval over seeds and users.", "",
              f"| variant | arm | {metric} | vs | lift [95% CI] | per seed | users |", "|---|---|---|---|---|---|---|"]
-    for row in table.itertuples(index=False):
-        seeds_ = " / ".join(f"{x:+.4f}" for x in row.per_seed)
-        lines.append(f"| {row.variant} | {row.arm} | {getattr(row, metric):.4f} | {row.control} | "
-                     f"{row.lift:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}] | {seeds_} | {row.users} |")
+    for row in table.to_dict("records"):  # (not itertuples: a metric such as hr@10 is no attribute name)
+        seeds_ = " / ".join(f"{x:+.4f}" for x in row["per_seed"])
+        lines.append(f"| {row['variant']} | {row['arm']} | {row[metric]:.4f} | {row['control']} | "
+                     f"{row['lift']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] | {seeds_} | {row['users']} |")
     return "\n".join(lines) + "\n"
 
 
