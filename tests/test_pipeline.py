@@ -207,27 +207,28 @@ def test_a_moved_run_folder_is_complete(finished, monkeypatch, capsys):
     assert _stage_times(moved) == after
 
 
-def test_a_setting_reruns_only_the_stages_that_read_it(finished):
-    """The filter is read by the coda arm alone; the number of device worker processes changes no result."""
+def _rerun_copy(finished, name: str, *sets: str) -> tuple[Path, list[str]]:
+    """Copy the finished run to ``name``, run it again with ``--set`` each of ``sets``: the copy and the stages rerun."""
     tmp, out = finished
-    copy = tmp / "filter"
+    copy = tmp / name
     shutil.copytree(out, copy)
     before = _stage_times(copy)
-    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--set", "filter.keep_fraction=0.3",
-                 "--set", "run.workers=1"]) == 0
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), *(a for s in sets for a in ("--set", s))]) == 0
     after = _stage_times(copy)
-    assert [name for name in after if after[name] != before[name]] == ["arm-coda", "ab"]
+    return copy, [stage for stage in after if after[stage] != before[stage]]
+
+
+def test_a_setting_reruns_only_the_stages_that_read_it(finished):
+    """The filter is read by the coda arm alone; the number of device worker processes changes no result."""
+    _, rerun = _rerun_copy(finished, "filter", "filter.keep_fraction=0.3", "run.workers=1")
+    assert rerun == ["arm-coda", "ab"]
 
 
 def test_personalized_arms_start_from_the_chosen_model(finished, capsys):
     """``run.personalize_from``: only the personalized arms (and the report) rerun, from the federated model."""
     tmp, out = finished
-    copy = tmp / "from-fedavg"
-    shutil.copytree(out, copy)
-    before = _stage_times(copy)
-    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--set", "run.personalize_from=fedavg"]) == 0
-    after = _stage_times(copy)
-    assert [name for name in after if after[name] != before[name]] == ["arm-local", "arm-coda-nofilter", "arm-coda", "ab"]
+    copy, rerun = _rerun_copy(finished, "from-fedavg", "run.personalize_from=fedavg")
+    assert rerun == ["arm-local", "arm-coda-nofilter", "arm-coda", "ab"]
     local_then = pd.read_parquet(out / "arm-local" / "local.parquet")["score"].to_numpy()
     local_now = pd.read_parquet(copy / "arm-local" / "local.parquet")["score"].to_numpy()
     assert not np.allclose(local_then, local_now)  # another starting model, other scores
