@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from recfl.app.sections import SECTIONS, load_config
+from recfl.core import config
 from recfl.core.dataset import PreparedDataset
-from tools.coda_experiment import main, markdown
+from tools.coda_experiment import Grid, main, markdown
 
 from test_pipeline import TINY
 
@@ -51,3 +54,14 @@ def test_the_table_names_any_metric():
            "ci_high": 0.03, "per_seed": [0.01, 0.02], "users": 9}
     text = markdown(pd.DataFrame([row]), "hr@10", "val", (0, 1))
     assert "| v | coda | 0.2500 | cloud | +0.0100 [-0.0100, +0.0300] | +0.0100 / +0.0200 | 9 |" in text
+
+
+def test_every_shipped_grid_names_a_valid_config_and_valid_settings():
+    grids = sorted((Path(__file__).parents[1] / "configs" / "grids").glob("*.toml"))
+    assert len(grids) >= 2
+    for path in grids:
+        grid = Grid.read(path)
+        for variant in grid.variants:
+            doc = load_config(Path(__file__).parents[1] / grid.config, list(variant.sets))
+            for name, cls in SECTIONS.items():
+                config.section(cls, doc, name)

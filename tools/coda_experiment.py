@@ -1,6 +1,6 @@
 """The CoDA experiment grid: variants of ``recfl run``, seed-pooled, tuned on validation, one results table.
 
-    python -m tools.coda_experiment --grid configs/coda-grid-ml100k.toml --out runs/coda-grid [--split val|test]
+    python -m tools.coda_experiment --grid configs/grids/coda-ml100k.toml --out runs/coda-grid [--split val|test]
 
 The grid file names the ``recfl run`` config, the seeds and the variants,
 each a list of ``--set`` overrides (a variant with none is the defaults)::
