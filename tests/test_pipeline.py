@@ -149,16 +149,23 @@ def test_a_changed_upstream_setting_reruns_downstream_on_fresh_outputs(finished)
         assert not np.array_equal(old["arr_0"], new["arr_0"])
 
 
+def _rerun_copy(finished, name: str, *sets: str) -> tuple[Path, list[str]]:
+    """Copy the finished run to ``name``, run it again with ``--set`` each of ``sets``: the copy and the stages rerun."""
+    tmp, out = finished
+    copy = tmp / name
+    shutil.copytree(out, copy)
+    before = _stage_times(copy)
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), *(a for s in sets for a in ("--set", s))]) == 0
+    after = _stage_times(copy)
+    return copy, [stage for stage in after if after[stage] != before[stage]]
+
+
 def test_privacy_reaches_the_federated_stages_and_the_summary(finished, capsys):
     """`recfl run --set privacy.enabled=true` reruns the federated stages (privately) and what depends on them."""
-    tmp, out = finished
-    private = tmp / "private"
-    shutil.copytree(out, private)
-    before = _stage_times(private)
     capsys.readouterr()
-    assert main(["run", "--out", str(private), "--config", str(_config(tmp)), "--set", "privacy.enabled=true"]) == 0
-    after = _stage_times(private)
-    assert [n for n in after if after[n] != before[n]] == ["fedsubavg", "fedavg", "arm-fedavg", "arm-fedsubavg", "ab"]
+    private, rerun = _rerun_copy(finished, "private", "privacy.enabled=true")
+    # the personalized arms start from the FedSubAvg model (run.personalize_from), so they rerun too
+    assert rerun == ["fedsubavg", "fedavg", "arm-fedavg", "arm-fedsubavg", "arm-local", "arm-coda-nofilter", "arm-coda", "ab"]
     stages_ = json.loads((private / "run.json").read_text())["stages"]
     printed = capsys.readouterr().out
     for algorithm in ("fedsubavg", "fedavg"):
@@ -207,17 +214,6 @@ def test_a_moved_run_folder_is_complete(finished, monkeypatch, capsys):
     assert _stage_times(moved) == after
 
 
-def _rerun_copy(finished, name: str, *sets: str) -> tuple[Path, list[str]]:
-    """Copy the finished run to ``name``, run it again with ``--set`` each of ``sets``: the copy and the stages rerun."""
-    tmp, out = finished
-    copy = tmp / name
-    shutil.copytree(out, copy)
-    before = _stage_times(copy)
-    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), *(a for s in sets for a in ("--set", s))]) == 0
-    after = _stage_times(copy)
-    return copy, [stage for stage in after if after[stage] != before[stage]]
-
-
 def test_a_setting_reruns_only_the_stages_that_read_it(finished):
     """The filter is read by the coda arm alone; the number of device worker processes changes no result."""
     _, rerun = _rerun_copy(finished, "filter", "filter.keep_fraction=0.3", "run.workers=1")
@@ -234,8 +230,8 @@ def test_personalized_arms_start_from_the_chosen_model(finished, capsys):
     assert not np.allclose(local_then, local_now)  # another starting model, other scores
     capsys.readouterr()
     assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--set", "run.personalize_from=fedprox"]) == 2
-    assert capsys.readouterr().err.strip() == ("recfl: error: run.personalize_from must be one of cloud_model, fedsubavg, "
-                                               "fedavg, got 'fedprox'")
+    assert capsys.readouterr().err.strip() == ("recfl: error: run.personalize_from must be one of cloud_model, fedavg, "
+                                               "fedsubavg, got 'fedprox'")
 
 
 def test_seeds_run_once_each_on_the_same_data_and_pool_and_the_report_pools_them(finished, capsys):
