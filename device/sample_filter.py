@@ -80,7 +80,7 @@ class FilterConfig:
     threshold: float = 0.5
     min_local: int = 10  # fewer local training samples -> fallback
     fallback: str = "similarity"  # similarity | all
-    # any of FEATURES; these generalize across a user's items (out-of-fold AUC 0.70 on a MovieLens 100K validation split, README)
+    # any of FEATURES; these generalize across a user's items (out-of-fold AUC 0.72 on a MovieLens 100K validation split, README)
     features: tuple[str, ...] = ("label", "popularity", "affinity", "category_share", "context")
     rounds: int = 20  # a small, strongly regularized model: as accurate out of fold as a larger one, at a fraction of the cost
     num_leaves: int = 4
@@ -270,9 +270,8 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
                          user_context(local, local_fold, candidates, cand_fold, items, k) if context else None))
 
     score, local_score = np.empty(n_cand), np.empty(n_local)
-    x_local, x_cand = matrices(0)
     for k in range(config.folds):
-        if context and k:
+        if k == 0 or context:  # without user-context features every fold's model sees the same matrices
             x_local, x_cand = matrices(k)
         train_x = np.vstack([x_local[local_fold != k], x_cand[cand_fold != k]])
         train_y = np.r_[np.ones((local_fold != k).sum()), np.zeros((cand_fold != k).sum())]
