@@ -115,7 +115,10 @@ def run_variant(grid: Grid, variant: Variant, data: Path, root: Path, first: Pat
     for seed in grid.seeds:
         mine, theirs = folder / f"seed-{seed}", (first / f"seed-{seed}") if first else None
         if theirs is not None and theirs.is_dir() and not mine.exists():
-            shutil.copytree(theirs, mine)  # unchanged stages keep their fingerprints and are skipped
+            partial = mine.with_name(f".{mine.name}.copying")  # renamed when whole: a kill mid-copy leaves no half folder
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(theirs, partial)  # unchanged stages keep their fingerprints and are skipped
+            partial.rename(mine)
     log.info("variant %r: %s", variant.name, ", ".join(variant.sets) or "defaults")
     run_seeds(folder, load_config(grid.config, list(variant.sets)), list(grid.seeds), data_dir=data)
     return folder
