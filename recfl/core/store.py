@@ -88,10 +88,11 @@ class PoolStore:
         try:
             (self.root / "data" / STAGING).mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._add_digests()
+            with self._turn():  # switching to WAL or creating tables while another process writes fails at once
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                self._add_digests()
         except (OSError, sqlite3.OperationalError) as exc:
             raise EnvironmentFault(f"cannot open the pool at {self.root}: {exc}") from None
 
