@@ -10,8 +10,9 @@ user id asc); rows where the sample misleads fall back to an exact partition.
 Samples are then taken from the most similar pool user first, each pool
 user's most recent samples first (ties by event id), until the device
 user's budget (``budget_multiplier`` x its local training events, at least
-``min_budget``) is spent. A user's own samples are never candidates, and the
-pool holds no test event (see :mod:`cloud_pool.pool`).
+``min_budget``) is spent. Only sharing users' events are candidates (a device
+user's streamed events stay in the store, unshared), a user's own samples
+never are, and a pool holding a test event of the data set is refused.
 
 The candidates table and its files are described in :mod:`recfl.core.candidates`.
 """
@@ -44,7 +45,7 @@ from recfl.core.candidates import (
 from recfl.core.config import check_limits
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
-from recfl.core.pool import load_split, open_store, pool_summary
+from recfl.core.pool import check_pool, load_split, open_store, pool_config, shared_events
 from recfl.core.schema import unit_hash
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,10 @@ class MatchConfig:
                      per_pool_user=">= 0", min_similarity="[0, 1)", category_dims=">= 0", item_dims=">= 0",
                      item_weight=">= 0", positive_weight="> 0")
 
-    def profile_spec(self, pool_dir: str | Path, items: pd.DataFrame) -> ProfileSpec:
-        return ProfileSpec.from_pool(pool_dir, items, self.category_dims, self.item_dims, self.positive_weight, self.item_weight)
+    def profile_spec(self, pool_item_ids: np.ndarray, items: pd.DataFrame) -> ProfileSpec:
+        """Dimensions from the pool's shared events (their ``item_id`` column); ``items`` is the item catalog."""
+        return ProfileSpec.from_events(pool_item_ids, items, self.category_dims, self.item_dims, self.positive_weight,
+                                       self.item_weight)
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,9 +91,8 @@ class PoolIndex:
     inv_norm: np.ndarray  # float32 1 / |profile| (0 for an empty profile)
 
     @classmethod
-    def load(cls, pool_dir: str | Path, spec: ProfileSpec) -> "PoolIndex":
-        with open_store(pool_dir) as store:
-            table = store.read_table()
+    def build(cls, table: pa.Table, spec: ProfileSpec) -> "PoolIndex":
+        """The index of ``table``, the pool's shared events."""
         order = pc.sort_indices(table.select(["user_id", "timestamp", "event_id"]),
                                 sort_keys=[("user_id", "ascending"), ("timestamp", "descending"), ("event_id", "ascending")])
         columns = {}
@@ -220,20 +222,24 @@ class Matcher:
     """The pool loaded once (samples sorted, profiles) to match any number of device-user sets against it."""
 
     def __init__(self, pool_dir: str | Path, data: PreparedDataset, config: MatchConfig = MatchConfig()):
-        pool_summary(pool_dir)
+        summary = check_pool(pool_dir)
         self.pool_dir, self.data, self.config = Path(pool_dir), data, config
-        self.spec = config.profile_spec(pool_dir, data.items)
-        self.pool = PoolIndex.load(pool_dir, self.spec)
+        with open_store(pool_dir) as store:
+            table = store.read_table()
+        self._refuse_test_events(table.column("event_id"))
+        table = shared_events(table, pool_config(summary))
+        self.spec = config.profile_spec(table.column("item_id").to_numpy(), data.items)
+        self.pool = PoolIndex.build(table, self.spec)
         self.train = pq.read_table(Path(data.root) / "train.parquet", columns=["user_id", "item_id", "label"])
-        self._refuse_test_events()
 
-    def _refuse_test_events(self) -> None:
-        """A pool fed by other writers (e.g. the Kafka consumer) may hold an evaluation event; never match on it."""
+    def _refuse_test_events(self, event_ids: pa.ChunkedArray) -> None:
+        """Any writer may feed the store (e.g. the Kafka consumer), so it may hold an evaluation event, of any
+        user: never match on such a pool."""
         test_ids = pq.read_table(Path(self.data.root) / "test.parquet", columns=["event_id"]).column("event_id")
-        leaked = pc.is_in(self.pool.samples.column("event_id"), value_set=test_ids)
+        leaked = pc.is_in(event_ids, value_set=test_ids)
         count = pc.sum(leaked).as_py() or 0
         if count:
-            example = self.pool.samples.column("event_id").filter(leaked)[0].as_py()
+            example = event_ids.filter(leaked)[0].as_py()
             raise RecflError(f"{self.pool_dir}: the pool holds {count} test event(s) of {self.data.root} (e.g. {example}); "
                              "matching on it would leak evaluation data into the candidates")
 

@@ -13,8 +13,6 @@ similarities, rankings and ties are the same whatever the block size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -61,12 +59,11 @@ class ProfileSpec:
                    dim[keep][order], float(positive_weight), float(item_weight))
 
     @classmethod
-    def from_pool(cls, pool_dir: str | Path, items: pd.DataFrame, category_dims: int, item_dims: int = 0,
-                  positive_weight: float = 1.0, item_weight: float = 1.0) -> "ProfileSpec":
-        """:meth:`build` with the frequency vocabularies a built pool wrote."""
-        vocab = Path(pool_dir) / "vocab"
-        return cls.build(Vocabulary.load(vocab / "categories.parquet"), Vocabulary.load(vocab / "items.parquet"), items,
-                         category_dims, item_dims, positive_weight, item_weight)
+    def from_events(cls, pool_item_ids: np.ndarray, items: pd.DataFrame, category_dims: int, item_dims: int = 0,
+                    positive_weight: float = 1.0, item_weight: float = 1.0) -> "ProfileSpec":
+        """:meth:`build` with the pool's frequencies, counted over the ``item_id`` of its shared events."""
+        categories, pool_items = pool_frequencies(pool_item_ids, items)
+        return cls.build(categories, pool_items, items, category_dims, item_dims, positive_weight, item_weight)
 
 
 def item_categories(items: pd.DataFrame) -> pd.DataFrame:
@@ -87,6 +84,11 @@ def category_frequencies(item_id: np.ndarray, items: pd.DataFrame) -> Vocabulary
     cat_ids, cat_counts = per_cat.index.to_numpy(np.int64), per_cat.to_numpy(np.int64)
     order = np.lexsort((cat_ids, -cat_counts))
     return Vocabulary(cat_ids[order], cat_counts[order])
+
+
+def pool_frequencies(pool_item_ids: np.ndarray, items: pd.DataFrame) -> tuple[Vocabulary, Vocabulary]:
+    """(category, item) frequencies of the pool's shared events, most frequent first: what its profiles count."""
+    return category_frequencies(pool_item_ids, items), Vocabulary.fit(pool_item_ids)
 
 
 def _position(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -161,4 +163,5 @@ def quantize(vectors: np.ndarray, levels: int) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
-__all__ = ["ProfileSpec", "category_frequencies", "item_categories", "profile", "profiles", "quantize"]
+__all__ = ["ProfileSpec", "category_frequencies", "item_categories", "pool_frequencies", "profile", "profiles",
+           "quantize"]

@@ -1,5 +1,10 @@
 """Behaviour events from Kafka into the cloud pool: validate, write durably, then commit.
 
+The pool is a pool directory (:mod:`recfl.core.pool`): the consumer appends to
+its store, and a path that does not exist yet becomes a new, empty pool with
+the given ``[pool]`` roles; anything else there (a folder that is not a pool,
+a store edited by hand) is refused with one line before the group is joined.
+
 Exactly-once into the pool from at-least-once delivery. A batch of messages
 is made durable first (invalid ones acknowledged by the dead-letter topic,
 valid ones appended to the :class:`~recfl.core.store.PoolStore`, which skips
@@ -47,6 +52,7 @@ from kafka import (
 from kafka.errors import KafkaError
 
 from recfl.core.errors import EnvironmentFault, RecflError
+from recfl.core.pool import PoolConfig, ensure_pool
 from streaming.dead_letters import dead_letter, dead_letter_key
 from streaming.events import Event, InvalidEvent, decode
 from streaming.pool_writer import PoolWriter, WriteResult
@@ -128,11 +134,12 @@ class _Batch:
 
 
 class StreamConsumer:
-    """One consumer-group member writing ``settings.topic`` into a pool directory."""
+    """One consumer-group member writing ``settings.topic`` into a pool directory (a new one gets ``roles``)."""
 
-    def __init__(self, settings: StreamConfig, pool: str | Path):
+    def __init__(self, settings: StreamConfig, pool: str | Path, roles: PoolConfig = PoolConfig()):
         self.settings = settings
         self.pool_path = Path(pool)
+        self.roles = roles
         self.stats = ConsumeStats()
         self._rules = settings.rules
         self._stop = threading.Event()
@@ -156,7 +163,8 @@ class StreamConsumer:
         a broker or for a group join never counts as idle.
         """
         try:
-            self._writer = PoolWriter(self.pool_path)  # starts while we connect and join the group
+            ensure_pool(self.pool_path, self.roles)
+            self._writer = PoolWriter(self.pool_path / "store")  # starts while we connect and join the group
             if not self._connect():
                 return self.stats
             self._loop(max_events, idle_timeout_s)

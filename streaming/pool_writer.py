@@ -1,4 +1,4 @@
-"""The pool writer: a child process that appends the consumer's batches to the pool, in order.
+"""The pool writer: a child process that appends the consumer's batches to the pool's store, in order.
 
 A process, not a thread: the SQLite index, the Parquet files and their
 fsyncs run beside the consumer's poll loop on another core, and no lock of
@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 
-from recfl.core.errors import EnvironmentFault
+from recfl.core.errors import EnvironmentFault, RecflError
 from recfl.core.store import ARROW_SCHEMA, AppendResult, PoolStore
 from streaming.events import Event
 
@@ -50,10 +50,10 @@ class PoolWriter:
     its group). Not thread-safe: the consumer uses it from one thread at a time (its poll loop, or the
     rebalance listener while the loop waits in ``poll``)."""
 
-    def __init__(self, pool: Path):
+    def __init__(self, store: Path):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child, str(pool)), name="recfl-pool-writer", daemon=True)
+        self._process = ctx.Process(target=_serve, args=(child, str(store)), name="recfl-pool-writer", daemon=True)
         self._process.start()
         child.close()
         self.in_flight = 0
@@ -103,13 +103,14 @@ class PoolWriter:
         self._conn.close()
 
 
-def _serve(conn, pool: str) -> None:
-    """The child: open the pool, then append each batch received until the pipe closes."""
+def _serve(conn, path: str) -> None:
+    """The child: open the pool's store (the consumer has made or checked the pool), then append each batch
+    received until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        store = PoolStore(pool)
-    except EnvironmentFault as exc:
+        store = PoolStore(path, create=False)
+    except RecflError as exc:
         conn.send(("fault", str(exc)))
         return
     conn.send(("ready", None))

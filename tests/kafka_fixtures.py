@@ -147,11 +147,11 @@ def fetch_record(bootstrap: str, topic: str, partition: int, offset: int, timeou
 
 def pool_count(pool: Path) -> int:
     """Events stored in the pool at ``pool`` so far (0 before it exists)."""
-    from recfl.core.store import PoolStore
+    from recfl.core.pool import open_store
 
-    if not (pool / "index.sqlite").exists():
+    if not (pool / "pool.json").exists():
         return 0
-    with PoolStore(pool, create=False) as store:
+    with open_store(pool) as store:
         return store.count()
 
 

@@ -31,7 +31,7 @@ def candidates(small_pool):
 def brute_force(small_pool, config):
     """Reference: full similarity matrix, Python sort per user, pandas for the budget."""
     data, pool_dir = small_pool.data, small_pool.pool_dir
-    spec = config.profile_spec(pool_dir, data.items)
+    spec = Matcher(pool_dir, data, config).spec
     with open_store(pool_dir) as store:
         pool = store.read()
     pool_users, pool_q = profiles(pool["user_id"].to_numpy(), pool["item_id"].to_numpy(), pool["label"].to_numpy(), spec)
@@ -148,7 +148,7 @@ def test_users_subset_matches_the_same_rows(small_pool, candidates):
 
 
 def test_device_profile_of_one_user_equals_the_batch_row(small_pool):
-    spec = CONFIG.profile_spec(small_pool.pool_dir, small_pool.data.items)
+    spec = Matcher(small_pool.pool_dir, small_pool.data, CONFIG).spec
     train = small_pool.data.train
     users, batch = profiles(train["user_id"].to_numpy(), train["item_id"].to_numpy(), train["label"].to_numpy(), spec)
     for k in (0, 5, len(users) - 1):

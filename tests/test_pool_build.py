@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cloud_pool.pool import assign_roles, build_pool
+from cloud_pool.profiles import pool_frequencies
 from recfl.core.errors import RecflError
-from recfl.core.pool import load_split, open_store
+from recfl.core.pool import load_split, open_store, pool_summary
 from recfl.core.schema import unit_hash
-from recfl.core.vocab import Vocabulary
 
 
 def test_roles_come_from_a_salted_blake2b_hash_not_pythons_hash():
@@ -48,7 +48,8 @@ def test_pool_holds_exactly_the_sharing_users_training_events(small_pool):
     assert loaded.sharing_users.dtype == np.int64
     summary = json.loads((small_pool.pool_dir / "pool.json").read_text())
     assert summary["pool_events"] == len(expected) and summary["sharing_users"] == len(split.sharing_users)
-    items = Vocabulary.load(small_pool.pool_dir / "vocab" / "items.parquet")
+    assert pool_summary(small_pool.pool_dir) == {**summary, "shared_events": len(expected)}
+    _categories, items = pool_frequencies(stored["item_id"].to_numpy(), data.items)
     assert dict(zip(items.ids, items.counts)) == expected["item_id"].value_counts().to_dict()
 
 
@@ -64,7 +65,7 @@ def test_rebuild_is_idempotent_and_other_settings_are_refused(small_pool, tmp_pa
 
 
 def test_load_split_of_a_missing_pool(tmp_path):
-    with pytest.raises(RecflError, match="not a built cloud pool"):
+    with pytest.raises(RecflError, match="not a cloud pool"):
         load_split(tmp_path)
 
 

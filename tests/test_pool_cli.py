@@ -32,7 +32,7 @@ def test_build_then_match_in_two_shards(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["pool", "match", "--data", "{data}", "--pool", "{tmp}/none", "--out", "{tmp}/c"], "not a built cloud pool"),
+    (["pool", "match", "--data", "{data}", "--pool", "{tmp}/none", "--out", "{tmp}/c"], "none: not a cloud pool (no such folder)"),
     (["pool", "match", "--data", "{data}", "--pool", "{tmp}/none", "--out", "{tmp}/c", "--shard", "3/3"], "--shard '3/3'"),
     (["pool", "build", "--data", "{data}", "--out", "{tmp}/p", "--share-fraction", "2"], "pool.share_fraction = 2.0 must be in [0, 1]"),
     (["pool", "match", "--data", "{data}", "--pool", "{tmp}/none", "--out", "{tmp}/c", "--set", "matching.top_m=0"], "top_m"),

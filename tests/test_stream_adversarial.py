@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from kafka_fixtures import read_topic
 
 from recfl.core.formats import SyntheticSpec
-from recfl.core.store import PoolStore
+from recfl.core.pool import open_store
 from streaming.dead_letters import MAX_DEAD_LETTER_BYTES
 from streaming.events import decode, encode
 from streaming.producer import replay_messages
@@ -55,7 +55,7 @@ def test_hostile_messages_never_stop_the_stream(kafka_broker, topic, tmp_path, c
     assert report["written"] == len(valid) + len(stored_hostile) + 2 and report["duplicates_skipped"] == 1
     assert report["lag"] == 0
 
-    with PoolStore(pool, create=False) as store:
+    with open_store(pool) as store:
         stored = store.read().set_index("event_id")
     assert stored.index.is_unique
     expected_ids = {event["event_id"] for _, event in valid} | {"hostile:duplicate", "hostile:conflict"}

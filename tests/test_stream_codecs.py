@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 
 from recfl.app.cli import main
 from recfl.core.formats import SyntheticSpec
-from recfl.core.store import PoolStore
+from recfl.core.pool import open_store
 from streaming.events import encode
 from streaming.producer import replay_messages
 from streaming.settings import StreamConfig
@@ -53,5 +53,5 @@ def test_every_codec_from_both_clients_is_consumed(kafka_broker, topic, tmp_path
                  "--pool", str(tmp_path / "pool"), "--idle-timeout", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["consumed"], report["written"], report["dead_lettered"]) == (len(sent), len(sent), 0)
-    with PoolStore(tmp_path / "pool", create=False) as pool:
+    with open_store(tmp_path / "pool") as pool:
         assert set(pool.read(["event_id"])["event_id"]) == {event["event_id"] for _, event in sent}

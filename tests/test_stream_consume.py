@@ -14,7 +14,7 @@ from kafka_fixtures import fetch_record, read_topic, wait_for_pool
 
 from recfl.app.cli import main
 from recfl.core.formats import SyntheticSpec, load
-from recfl.core.store import PoolStore
+from recfl.core.pool import open_store
 from streaming.events import encode
 from streaming.producer import produce, replay_messages
 from streaming.settings import StreamConfig
@@ -27,7 +27,7 @@ def run_cli(capsys, *argv: str) -> dict:
 
 
 def pool_events(path) -> pd.DataFrame:
-    with PoolStore(path, create=False) as pool:
+    with open_store(path) as pool:
         return pool.read().sort_values("event_id").reset_index(drop=True)
 
 

@@ -14,6 +14,7 @@ from kafka_fixtures import REPO, read_topic
 
 import streaming.consumer
 from recfl.core.formats import SyntheticSpec, load
+from recfl.core.pool import open_store
 from recfl.core.store import PoolStore
 from streaming.consumer import StreamConsumer
 from streaming.events import decode
@@ -86,10 +87,10 @@ def test_a_full_disk_stops_the_consumer_with_one_line_and_commits_nothing_unwrit
     assert done.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr and "rollback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"recfl: error: cannot write the pool at {pool}: ")
+    assert last.startswith(f"recfl: error: cannot write the pool at {pool / 'store'}: ")
     assert "No space left on device" in last or "disk is full" in last
 
-    with PoolStore(copy, create=False) as store:
+    with open_store(copy) as store:
         stored = set(store.read(["event_id"])["event_id"])
     group = KafkaConsumer(bootstrap_servers=bootstrap, group_id=topic, enable_auto_commit=False)
     committed = {p: group.committed(TopicPartition(topic, p)) or 0 for p in (0, 1)}
@@ -100,6 +101,6 @@ def test_a_full_disk_stops_the_consumer_with_one_line_and_commits_nothing_unwrit
 
     # on a disk with room, the same group carries on: every event once
     consumer_processes(bootstrap, topic, copy, "--idle-timeout", "3").finish()
-    with PoolStore(copy, create=False) as store:
+    with open_store(copy) as store:
         ids = store.read(["event_id"])["event_id"]
     assert ids.is_unique and set(ids) == {event["event_id"] for _, event in messages}

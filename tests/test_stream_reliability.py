@@ -13,7 +13,7 @@ from conftest import shared
 from kafka_fixtures import pool_count, read_topic, wait_for_pool
 
 from recfl.core.formats import SyntheticSpec
-from recfl.core.store import PoolStore
+from recfl.core.pool import open_store
 from streaming.broker import free_port
 from streaming.events import InvalidEvent, decode, encode
 from streaming.producer import produce, replay_messages
@@ -60,7 +60,7 @@ class Replay(threading.Thread):
 
 
 def check_exactly_once(pool, messages, bootstrap, topic) -> None:
-    with PoolStore(pool, create=False) as store:
+    with open_store(pool) as store:
         stored = store.read(["event_id"])["event_id"]
     assert stored.is_unique, f"{stored.duplicated().sum()} events stored twice"
     assert set(stored) == valid_ids(messages)

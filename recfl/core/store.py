@@ -235,6 +235,19 @@ class PoolStore:
         """Committed data files, in commit order (in staging for a file not published yet)."""
         return [self._locate(r[0]) for r in self._db.execute("SELECT file FROM files ORDER BY rowid")]
 
+    def unindexed(self) -> str | None:
+        """What a hand edit left, if anything: a file in a day folder the index does not list, or a listed file
+        that is gone. (The folders are listed before the index is read: a file is published only once indexed.)"""
+        present = {f"{p.parent.name}/{p.name}" for p in (self.root / "data").glob("day=*/*")}
+        listed = {r[0] for r in self._db.execute("SELECT file FROM files")}
+        extra = sorted(present - listed)
+        if extra:
+            return f"{len(extra)} data file(s) not in its index, e.g. data/{extra[0]}"
+        missing = sorted(name for name in listed - present if not self._locate(name).exists())
+        if missing:
+            return f"{len(missing)} data file(s) listed in its index are missing, e.g. data/{missing[0]}"
+        return None
+
     def _staging(self, name: str) -> Path:
         """Where ``day=D/<uuid>.parquet`` waits before it is published: ``data/_staging/day=D.<uuid>.parquet``."""
         return self.root / "data" / STAGING / name.replace("/", ".", 1)

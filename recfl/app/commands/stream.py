@@ -13,6 +13,7 @@ from recfl.app.arguments import add_config_args, config_doc, print_json
 from recfl.core import config
 from recfl.core.errors import RecflError
 from recfl.core.formats import FORMATS, SyntheticSpec
+from recfl.core.pool import PoolConfig
 from streaming.broker import start_broker
 from streaming.consumer import StreamConsumer
 from streaming.producer import produce, replay_messages
@@ -39,7 +40,8 @@ def register(commands) -> None:
     produce.set_defaults(handler=_produce)
 
     consume = sub.add_parser("consume", help="validate events and write them to the cloud pool; print counters as JSON")
-    consume.add_argument("--pool", required=True, metavar="DIR", help="cloud pool directory (created if missing)")
+    consume.add_argument("--pool", required=True, metavar="POOLDIR",
+                         help="the cloud pool to append to (a new path becomes a new, empty pool with the [pool] roles)")
     consume.add_argument("--topic")
     consume.add_argument("--group", help="consumer group (processes of one group split the partitions)")
     consume.add_argument("--dead-letter-topic", metavar="T", help="where invalid events go (default <topic>.dlq)")
@@ -119,8 +121,8 @@ def _consume(args) -> int:
         raise RecflError(f"--max-events must be at least 1, got {args.max_events}")
     if args.idle_timeout is not None and args.idle_timeout <= 0:
         raise RecflError(f"--idle-timeout must be positive, got {args.idle_timeout:g}")
-    _doc, settings = _settings(args, group=args.group, dead_letter_topic=args.dead_letter_topic)
-    consumer = StreamConsumer(settings, args.pool)
+    doc, settings = _settings(args, group=args.group, dead_letter_topic=args.dead_letter_topic)
+    consumer = StreamConsumer(settings, args.pool, config.section(PoolConfig, doc, "pool"))
     with _stop_on_signals(consumer.stop, "finishing the current batch"):
         stats = consumer.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     print_json({"topic": settings.topic, "group": settings.group, "dead_letter_topic": settings.dead_letters,
