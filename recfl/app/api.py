@@ -54,7 +54,7 @@ __all__ = [  # the functions, their results, and the config sections they take (
 
 @dataclass(frozen=True)
 class Pool:
-    """A built cloud pool: its folder, its users' roles and the counts of ``pool.json``."""
+    """A cloud pool: its folder, its users' roles and ``pool.json`` with the live counts (built or streamed into)."""
 
     root: Path
     split: PoolSplit
@@ -118,7 +118,7 @@ def build_pool(data: PreparedDataset, out: str | Path, pool: PoolConfig = PoolCo
 
 
 def open_pool(root: str | Path) -> Pool:
-    """A pool built earlier."""
+    """A pool built or streamed into earlier, as it is now."""
     return Pool(Path(root), load_split(root), pool_summary(root))
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recfl.core.atomic import atomic_path, fsync_path, write_json_atomic
+from recfl.core.atomic import fsync_path, write_json_atomic
 from recfl.core.config import check_limits
 from recfl.core.errors import EnvironmentFault, RecflError
 from recfl.core.schema import unit_hash
@@ -92,7 +92,7 @@ def ensure_pool(pool_dir: str | Path, config: PoolConfig = PoolConfig()) -> dict
     """The checked ``pool.json`` of the pool at ``pool_dir``; a path that does not exist yet (or an empty
     folder) becomes a new, empty pool with ``config``'s roles. An existing pool keeps its own settings."""
     pool_dir = Path(pool_dir)
-    if not (pool_dir / "pool.json").is_file():
+    if not (pool_dir / "pool.json").is_file() and not pool_dir.is_file():
         try:
             pool_dir.mkdir(parents=True, exist_ok=True)
             with _locked(pool_dir):  # several consumers may start on the same new path at once
@@ -128,8 +128,7 @@ def _unborn(pool_dir: Path) -> bool:
 def _create(pool_dir: Path, config: PoolConfig) -> None:
     """An empty pool in ``pool_dir`` (``pool.json`` last, so an interrupted creation is no pool yet)."""
     PoolStore(pool_dir / "store").close()
-    with atomic_path(pool_dir / "users.parquet") as tmp:
-        roles_frame(PoolSplit(np.zeros(0, np.int64), np.zeros(0, np.int64))).to_parquet(tmp, index=False)
+    roles_frame(PoolSplit(np.zeros(0, np.int64), np.zeros(0, np.int64))).to_parquet(pool_dir / "users.parquet", index=False)
     write_json_atomic(pool_dir / "pool.json", manifest(config, pool_events=0))
     fsync_path(pool_dir)
 
@@ -150,7 +149,7 @@ def check_pool(pool_dir: str | Path) -> dict:
         if (pool_dir / "index.sqlite").is_file():
             raise RecflError(f"{pool_dir}: a bare event store, not a pool (no pool.json); give a new path to "
                              "`recfl stream consume --pool`, or build one with `recfl pool build`")
-        what = "no such folder" if not pool_dir.exists() else "no pool.json"
+        what = "no such folder" if not pool_dir.exists() else "a file" if pool_dir.is_file() else "no pool.json"
         raise RecflError(f"{pool_dir}: not a cloud pool ({what}); build one with `recfl pool build` or stream into "
                          "a new path with `recfl stream consume --pool`")
     try:
