@@ -159,6 +159,10 @@ def _drop_index(pool):
     (pool / "store" / "index.sqlite").unlink()
 
 
+def _garble_the_index(pool):
+    (pool / "store" / "index.sqlite").write_bytes(b"not sqlite " * 100)
+
+
 def _copy_a_data_file(pool):
     first = next((pool / "store" / "data").glob("day=*/*.parquet"))
     shutil.copy(first, first.with_name("copied.parquet"))
@@ -181,6 +185,7 @@ def _flip_a_role(pool):
 
 @pytest.mark.parametrize("edit,message", [
     (_drop_index, "edited by hand (store/index.sqlite is missing)"),
+    (_garble_the_index, "store/index.sqlite: not a pool index (file is not a database)"),
     (_copy_a_data_file, "edited by hand (1 data file(s) not in its index, e.g. data/day="),
     (_delete_a_data_file, "edited by hand (1 data file(s) listed in its index are missing, e.g. data/day="),
     (_raise_the_recorded_count, "edited by hand (it holds"),

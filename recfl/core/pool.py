@@ -73,11 +73,16 @@ class PoolSplit:
 
 def assign_roles(user_ids: np.ndarray, share_fraction: float, salt: str) -> PoolSplit:
     """Split the distinct ``user_ids`` into sharing (hash < fraction) and device users."""
+    users = np.unique(np.asarray(user_ids, dtype=np.int64))
+    sharing = shares(users, share_fraction, salt)
+    return PoolSplit(users[sharing], users[~sharing])
+
+
+def shares(user_ids: np.ndarray, share_fraction: float, salt: str) -> np.ndarray:
+    """Whether each user shares: its salted hash falls below the share fraction (the only rule of roles)."""
     if not 0.0 <= share_fraction <= 1.0:
         raise RecflError(f"share fraction must be in [0, 1], got {share_fraction}")
-    users = np.unique(np.asarray(user_ids, dtype=np.int64))
-    shares = unit_hash(users, salt) < share_fraction
-    return PoolSplit(users[shares], users[~shares])
+    return unit_hash(np.asarray(user_ids, dtype=np.int64), salt) < share_fraction
 
 
 def roles_frame(split: PoolSplit) -> pd.DataFrame:
@@ -169,9 +174,8 @@ def check_pool(pool_dir: str | Path) -> dict:
     if stored < recorded:
         raise RecflError(f"{edited} (it holds {stored} events, pool.json records {recorded})")
     registered = _registered(pool_dir)
-    if len(registered) and not registered["role"].eq(np.where(
-            unit_hash(registered["user_id"].to_numpy(np.int64), config.salt) < config.share_fraction,
-            SHARING, DEVICE)).all():
+    by_hash = shares(registered["user_id"].to_numpy(np.int64), config.share_fraction, config.salt)
+    if not registered["role"].eq(np.where(by_hash, SHARING, DEVICE)).all():
         raise RecflError(f"{pool_dir}/users.parquet: roles disagree with pool.json's share fraction and salt; "
                          "build the pool again")
     return summary
@@ -212,9 +216,7 @@ def _content(pool_dir: str | Path) -> tuple[dict, PoolSplit, pa.Table]:
 def shared_events(events: pa.Table, config: PoolConfig) -> pa.Table:
     """The rows of ``events`` (a table with ``user_id``) whose user shares: the only ones handed to others.
     A device user's own events may be in the store (streamed in); they stay that user's."""
-    users, inverse = np.unique(events.column("user_id").to_numpy(), return_inverse=True)
-    shares = unit_hash(users, config.salt) < config.share_fraction
-    return events.filter(pa.array(shares[inverse.reshape(-1)]))
+    return events.filter(pa.array(shares(events.column("user_id").to_numpy(), config.share_fraction, config.salt)))
 
 
 def open_store(pool_dir: str | Path) -> PoolStore:
@@ -224,4 +226,4 @@ def open_store(pool_dir: str | Path) -> PoolStore:
 
 
 __all__ = ["DEVICE", "SHARING", "PoolConfig", "PoolSplit", "assign_roles", "check_pool", "ensure_pool", "load_split",
-           "manifest", "open_store", "pool_config", "pool_summary", "roles_frame", "shared_events"]
+           "manifest", "open_store", "pool_config", "pool_summary", "roles_frame", "shared_events", "shares"]

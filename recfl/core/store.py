@@ -95,6 +95,8 @@ class PoolStore:
                 self._add_digests()
         except (OSError, sqlite3.OperationalError) as exc:
             raise EnvironmentFault(f"cannot open the pool at {self.root}: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # not a SQLite file, or a damaged one
+            raise RecflError(f"{self.root}/index.sqlite: not a pool index ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
