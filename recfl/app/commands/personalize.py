@@ -11,7 +11,7 @@ from device.tflite_trainer import FinetuneConfig
 from recfl.app.arguments import add_config_args, config_doc, print_json
 from recfl.app.candidates import candidate_source
 from recfl.core import config
-from recfl.core.arms import arm_named
+from recfl.core.arms import DEVICE_ARMS, arm_named
 from recfl.core.dataset import PreparedDataset
 
 
@@ -33,7 +33,7 @@ def _personalize(args) -> int:
     doc = config_doc(args)
     data = PreparedDataset(args.data)
     pool = Path(args.pool) if args.pool else None
-    arm = arm_named(args.arm)
+    arm = arm_named(args.arm, DEVICE_ARMS)
     candidates = None
     if pool is not None and arm.candidates:
         candidates = candidate_source(data, pool, Path(args.candidates) if args.candidates else None,
