@@ -86,7 +86,7 @@ log = logging.getLogger(__name__)
 # the arms' names (``recfl.core.arms`` holds the arms): each is stage ``arm-NAME``, its predictions ``NAME.parquet``
 CONTROL = arms.CONTROL.name
 ARMS = arms.names()
-GLOBAL = arms.names(arm for arm in arms.ARMS if arm.model in ALGORITHMS)  # a federated stage's model scored as it is
+GLOBAL = arms.names(arm for arm in arms.ARMS if arm.model in ALGORITHMS)  # arms scoring a federated stage's model as it is
 PERSONALIZED = arms.names(arm for arm in arms.ARMS if arm.personalized)
 STARTS = tuple(arm.model for arm in arms.ARMS if not arm.personalized)  # stages whose model the personalized arms may start from
 SEED_KEYS = ("model.init_seed", "train.seed", "federated.seed", "finetune.seed", "filter.seed")  # what --seeds sets

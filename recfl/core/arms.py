@@ -15,8 +15,9 @@ from recfl.core.errors import RecflError
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: a global model scored unchanged, or a personalization on each device of the run's starting model
-    (``run.personalize_from``) on the user's own events, plus matched pool samples, plus a filter of them."""
+    """One arm: a global model scored unchanged (``model``), or the run's starting model (``run.personalize_from``)
+    fine-tuned on each device on the user's own events, with matched pool samples (``candidates``) that the
+    device's sample filter may thin (``filtered``)."""
 
     name: str
     model: str | None = None  # the ``recfl run`` stage whose global model it scores unchanged; None: personalized
@@ -24,7 +25,7 @@ class Arm:
     filtered: bool = False  # keeps only the candidates the device's sample filter accepts
 
     def __post_init__(self):
-        if self.candidates and not self.personalized or self.filtered and not self.candidates:
+        if (self.candidates and not self.personalized) or (self.filtered and not self.candidates):
             raise ValueError(f"arm {self.name!r}: only a personalized arm takes candidates, only one with candidates filters")
 
     @property
