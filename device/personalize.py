@@ -53,6 +53,7 @@ from device.tflite_trainer import (
     export,
     finetune,
 )
+from recfl.core import interrupts
 from recfl.core.arms import DEVICE_ARMS, Arm, names
 from recfl.core.atomic import atomic_path, write_json_atomic
 from recfl.core.dataset import PreparedDataset
@@ -258,6 +259,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, poo
         frames, reports = [], []
         with tqdm(total=len(selected), desc=f"personalize {arm.name}", unit="user", disable=not progress) as bar:
             for frame, report in _run_all(tasks, settings, workers):
+                interrupts.check()
                 frames.append(frame)
                 reports.append(report)
                 bar.update(1)

@@ -66,7 +66,7 @@ from device.sample_filter import FilterConfig
 from device.tflite_trainer import FinetuneConfig
 from recfl.app.candidates import candidate_source
 from recfl.app.evaluable import evaluable, require_evaluable
-from recfl.core import arms, config
+from recfl.core import arms, config, interrupts
 from recfl.core.atomic import write_json_atomic
 from recfl.core.candidates import read_candidates
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare_from_config
@@ -360,6 +360,7 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
     fingerprints = {name: fingerprint for name, (fingerprint, _) in plan.items()}
     _write_record(ctx, fingerprints)
     for number, stage in enumerate(pipeline, start=1):
+        interrupts.check()
         fingerprint, settings = plan[stage.name]
         marker = ctx.out / stage.name / "stage.json"
         done = _read_json(marker)
