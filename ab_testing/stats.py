@@ -21,6 +21,8 @@ import numpy as np
 from scipy import stats as sps
 from tqdm import tqdm
 
+from recfl.core import interrupts
+
 CORRECTIONS = ("holm", "bh", "none")
 MEMORY_BUDGET = 256 * 2**20  # bytes of working memory per block of resamples
 
@@ -44,6 +46,7 @@ def bootstrap(estimators: Sequence[Callable[[np.ndarray], np.ndarray]], n_users:
     parts: list[list[np.ndarray]] = [[] for _ in estimators]
     with tqdm(total=n_resamples, desc=desc, unit="resample", disable=not progress, leave=False) as bar:
         for lo in range(0, n_resamples, block):
+            interrupts.check()
             counts = resample_counts(rng, n_users, min(block, n_resamples - lo))
             for part, estimator in zip(parts, estimators):
                 part.append(estimator(counts))

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cloud_pool.profiles import ProfileSpec, profiles
+from recfl.core import interrupts
 from recfl.core.atomic import atomic_path
 from recfl.core.candidates import (
     candidate_schema,
@@ -267,6 +268,7 @@ class Matcher:
         log.info("matching %d device users against %d pool users (%d samples, %d dims)", len(device.users),
                  len(pool.users), pool.samples.num_rows, self.spec.dims)
         for lo in tqdm(range(0, len(device.users), size), desc="matching", unit="block", disable=not progress, leave=False):
+            interrupts.check()
             part = slice(lo, lo + size)
             ranked = rank_pool_users(pool, device.users[part], device.vectors[part], device.inv_norm[part], self.config)
             yield take_samples(pool, device.users[part], *ranked, device.budget[part], self.config)

@@ -53,6 +53,8 @@ from device.tflite_trainer import (
     export,
     finetune,
 )
+from recfl.core import interrupts
+from recfl.core.arms import DEVICE_ARMS, Arm, names
 from recfl.core.atomic import atomic_path, write_json_atomic
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
@@ -65,7 +67,7 @@ from recfl.core.submodel import Submodel
 
 log = logging.getLogger(__name__)
 
-ARMS = ("cloud", "local", "coda-nofilter", "coda")
+ARMS = names(DEVICE_ARMS)  # the choices of ``recfl personalize --arm``
 CandidateSource = Callable[[np.ndarray], pd.DataFrame]  # device user ids -> their candidates table (recfl.core.candidates)
 CHUNK_USERS = 256  # users whose tasks are built at once (bounds the parent's memory)
 
@@ -85,7 +87,7 @@ class DeviceTask:
 class DeviceContext:
     """Per-process state shared by every device a worker simulates."""
 
-    arm: str
+    arm: Arm
     data: PreparedDataset
     spec: ModelSpec
     params: ModelParams
@@ -142,14 +144,14 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     local = ctx.data.with_training_negatives(task.local, ("device", task.user_id)).sort_values(["timestamp", "event_id"], kind="stable")
     local_ex = ctx.encode(local, local)
     test_ex = ctx.encode(task.test, local)
-    report: dict = {"user_id": task.user_id, "arm": ctx.arm, "local_events": len(task.local), "test_events": len(task.test)}
+    report: dict = {"user_id": task.user_id, "arm": ctx.arm.name, "local_events": len(task.local), "test_events": len(task.test)}
 
     candidates, cand_ex = task.candidates, task.candidate_examples
-    if ctx.arm == "local":
+    if not ctx.arm.candidates:
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
     report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
     weight = np.ones(len(candidates))
-    if ctx.arm == "coda":
+    if ctx.arm.filtered:
         result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config, local_ex.hist, cand_ex.hist)
         report.update(result.report())
         candidates, cand_ex, weight = candidates[result.keep], cand_ex.take(result.keep), result.weight[result.keep]
@@ -181,14 +183,14 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
                   steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),
                   val_loss_best=min(tuned.val_losses) if tuned.val_losses else float("nan"),
                   finetune_seconds=round(tuned.seconds, 4), seconds=round(time.perf_counter() - started, 4))
-    return predictions_table(task.test, scores, ctx.arm), report
+    return predictions_table(task.test, scores, ctx.arm.name), report
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     """Everything a worker process needs to build its :class:`DeviceContext` (picklable paths and configs)."""
 
-    arm: str
+    arm: Arm
     data_dir: Path
     model_dir: Path
     tflite_path: Path
@@ -217,37 +219,35 @@ def _work(task: DeviceTask) -> tuple[pd.DataFrame, dict]:
     return run_device(task, _CONTEXT)
 
 
-def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, pool_dir: Path | None = None,
+def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, pool_dir: Path | None = None,
                 candidates: CandidateSource | None = None, users: int | None = None, workers: int = 1,
                 filter_config: FilterConfig = FilterConfig(), finetune_config: FinetuneConfig = FinetuneConfig(),
                 cache_dir: Path | None = None, progress: bool = True) -> dict:
     """Run ``arm`` for each device user and write their scored test events to ``out`` (Parquet).
 
     ``candidates`` gives the matched pool samples of a set of device users
-    (the coda arms need it: a candidates directory read back, or matching on
-    the fly, as the caller chooses).
+    (an arm with candidates, the coda arms, needs it: a candidates directory
+    read back, or matching on the fly, as the caller chooses).
 
     Writes ``out`` plus ``<out stem>.devices/`` (a checkpoint and row map per
     device, and ``users.parquet``: one report row per user). Returns a summary.
     """
     started = time.perf_counter()
-    if arm not in ARMS:
-        raise RecflError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
     if workers < 1:
         raise RecflError(f"--workers must be at least 1, got {workers}")
-    if arm in ("coda-nofilter", "coda") and (pool_dir is None or candidates is None):
-        raise RecflError(f"--arm {arm} needs --pool POOLDIR (the cloud pool the candidates come from)")
+    if arm.candidates and (pool_dir is None or candidates is None):
+        raise RecflError(f"--arm {arm.name} needs --pool POOLDIR (the cloud pool the candidates come from)")
     spec, params = load_model(model_dir, data)
     selected = device_users(data, pool_dir, users)
     out = Path(out)
     device_dir = out.with_name(out.stem + ".devices")
     device_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"arm": arm, "users": int(len(selected)), "predictions": str(out), "device_dir": str(device_dir)}
+    summary: dict = {"arm": arm.name, "users": int(len(selected)), "predictions": str(out), "device_dir": str(device_dir)}
 
-    if arm == "cloud":
+    if not arm.personalized:
         test = data.test[data.test["user_id"].isin(selected)]
         examples = _encoder(data, spec)(test, data.train)
-        frames, reports = [predictions_table(test, predict(spec, params, examples.inputs()), arm)], []
+        frames, reports = [predictions_table(test, predict(spec, params, examples.inputs()), arm.name)], []
     else:
         cache_dir = Path(cache_dir) if cache_dir is not None else Path(model_dir) / "tflite"
         before = len(conversions(cache_dir))
@@ -257,13 +257,14 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: str, out: Path, poo
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
         tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates)
         frames, reports = [], []
-        with tqdm(total=len(selected), desc=f"personalize {arm}", unit="user", disable=not progress) as bar:
+        with tqdm(total=len(selected), desc=f"personalize {arm.name}", unit="user", disable=not progress) as bar:
             for frame, report in _run_all(tasks, settings, workers):
+                interrupts.check()
                 frames.append(frame)
                 reports.append(report)
                 bar.update(1)
 
-    predictions = pd.concat(frames, ignore_index=True) if frames else predictions_table(data.test.iloc[:0], np.zeros(0), arm)
+    predictions = pd.concat(frames, ignore_index=True) if frames else predictions_table(data.test.iloc[:0], np.zeros(0), arm.name)
     predictions = predictions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
     _write_parquet(predictions, out)
     if reports:
@@ -331,12 +332,11 @@ def device_users(data: PreparedDataset, pool_dir: Path | None, users: int | None
     return with_test
 
 
-def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: str, pool_dir: Path | None,
+def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm: Arm, pool_dir: Path | None,
                  candidates: CandidateSource | None = None):
     """One :class:`DeviceTask` per user, built lazily in chunks of users (the cloud side's work)."""
-    needs_candidates = arm in ("coda-nofilter", "coda")
     pool = None
-    if needs_candidates:
+    if arm.candidates:
         with open_store(pool_dir) as store:
             pool = store.read()
     train = data.train[data.train["user_id"].isin(users)]
@@ -348,7 +348,7 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
     for lo in range(0, len(users), CHUNK_USERS):
         chunk = users[lo : lo + CHUNK_USERS]
         matched = None
-        if needs_candidates:  # with sampled negatives for their positives when the data set's rule asks for them
+        if arm.candidates:  # with sampled negatives for their positives when the data set's rule asks for them
             matched = data.with_training_negatives(candidates(chunk), ("candidates",)).reset_index(drop=True)
         if matched is not None:
             examples = encode(matched, pool)

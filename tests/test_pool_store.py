@@ -115,9 +115,10 @@ def test_not_a_pool(tmp_path):
         PoolStore(tmp_path / "nothing", create=False)
 
 
-def _writer(root, frame, start=None, pause=None, kill_at=None):
+def _writer(root, frame, start=None, pause=None, kill_at=None, appended=None):
     """Append ``frame`` in chunks of 25: after ``start.wait()``; with ``pause=(done, go)``, set ``done`` after the
-    first chunk and wait for ``go``. ``kill_at=(function, "before"|"after", n)`` SIGKILLs this process around its
+    first chunk and wait for ``go``; counting the chunks stored in ``appended`` (a shared integer), then waiting to
+    be killed. ``kill_at=(function, "before"|"after", n)`` SIGKILLs this process around its
     n-th call of ``os.fsync`` (a file written) or ``os.rename`` (a file published)."""
     if kill_at is not None:
         name, when, call = kill_at
@@ -137,9 +138,13 @@ def _writer(root, frame, start=None, pause=None, kill_at=None):
             start.wait()
         for lo in range(0, len(frame), 25):
             pool.append(frame.iloc[lo : lo + 25])
+            if appended is not None:
+                appended.value += 1
             if pause is not None and lo == 0:
                 pause[0].set()
                 pause[1].wait()
+        if appended is not None:  # to be killed: done too soon on a fast disk, it waits for the signal
+            time.sleep(120)
 
 
 def raw_event_ids(root) -> list[str]:
@@ -154,25 +159,31 @@ def raw_event_ids(root) -> list[str]:
     return ids
 
 
-def run_writers(root, part, kill_at=None, kill_after_s=None):
+def run_writers(root, part, kill_at=None, kill_after=None):
     """Two writers of the same events in different orders; the second is SIGKILLed, at a point of the write
-    protocol after the first one has written (and checked for leftovers), or by us after ``kill_after_s`` while
-    both write. The raw files are checked right after the kill, and once the first writer is done."""
+    protocol after the first one has written (and checked for leftovers), or by us while both write:
+    ``kill_after=(chunks, seconds)`` kills it that long after it stored that many chunks (it is still writing
+    unless the machine is fast, and then waits for the kill). The raw files are checked right after the kill, and once the
+    first writer is done."""
     ctx = mp.get_context("spawn")
-    ready, go = ctx.Event(), ctx.Event()
+    ready, go, appended = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
     if kill_at is not None:
         survivor = ctx.Process(target=_writer, args=(root, part.sample(frac=1, random_state=1), None, (ready, go)))
         victim = ctx.Process(target=_writer, args=(root, part.sample(frac=1, random_state=2), ready, None, kill_at))
     else:
-        start = ctx.Barrier(3)
+        start = ctx.Barrier(2)
         survivor = ctx.Process(target=_writer, args=(root, part.sample(frac=1, random_state=1), start))
-        victim = ctx.Process(target=_writer, args=(root, part.sample(frac=1, random_state=2), start))
+        victim = ctx.Process(target=_writer, args=(root, part.sample(frac=1, random_state=2), start, None, None,
+                                                   appended))
     survivor.start()
     victim.start()
     try:
-        if kill_after_s is not None:
-            start.wait(120)
-            time.sleep(kill_after_s)
+        if kill_after is not None:
+            chunks, seconds = kill_after
+            deadline = time.monotonic() + 120
+            while appended.value < chunks and victim.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(seconds)
             victim.kill()
         victim.join(120)
         assert victim.exitcode == -signal.SIGKILL
@@ -199,8 +210,8 @@ def test_no_raw_file_ever_holds_a_duplicate_when_a_writer_is_killed(tmp_path, ev
 
 def test_no_raw_file_ever_holds_a_duplicate_when_writers_are_killed_at_random(tmp_path, events):
     rng = random.Random(5)
-    for attempt in range(2):
-        run_writers(tmp_path / f"p{attempt}", events.iloc[:300], kill_after_s=rng.uniform(0.05, 0.5))
+    for attempt in range(3):
+        run_writers(tmp_path / f"p{attempt}", events.iloc[:300], kill_after=(rng.randint(1, 8), rng.uniform(0, 0.005)))
 
 
 def test_concurrent_writers_store_each_event_once(tmp_path, events):

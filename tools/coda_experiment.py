@@ -44,13 +44,14 @@ from ab_testing.predictions import read_predictions
 from recfl.app.pipeline import arm_predictions, run_seeds
 from recfl.app.sections import load_config
 from recfl.core import config
+from recfl.core.arms import CONTROL, LOCAL, names
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config
 from recfl.core.errors import RecflError
 from recfl.core.formats.base import SourceData
 
 log = logging.getLogger("coda_experiment")
 
-CONTROLS = ("cloud", "local")
+CONTROLS = names((CONTROL, LOCAL))  # every arm is compared with each
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from recfl.app.pipeline import RunConfig
 from recfl.app.candidates import candidate_source
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
+from recfl.core.arms import DEVICE_ARMS, arm_named
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare_from_config
 from recfl.core.errors import RecflError
 from recfl.core.federated.privacy.settings import PrivacyConfig
@@ -161,9 +162,9 @@ def personalize(data: PreparedDataset, model: ModelSource, arm: str, out: str | 
     events without one; the first ``users`` by id) and write their scored test events to ``out`` (``.parquet``).
     The coda arms take their candidates from a ``candidates`` folder (:func:`match`) or match them now with
     ``matching`` (``recfl personalize``)."""
-    out = Path(out)
+    out, chosen = Path(out), arm_named(arm, DEVICE_ARMS)
     source = candidate_source(data, pool.root, Path(candidates) if candidates else None, matching) if pool else None
-    summary = personalize_arm(data, model_dir(model), arm, out, pool_dir=pool.root if pool else None, candidates=source,
+    summary = personalize_arm(data, model_dir(model), chosen, out, pool_dir=pool.root if pool else None, candidates=source,
                               users=users, workers=workers, filter_config=sample_filter, finetune_config=finetune, progress=False)
     devices = Path(summary["device_dir"]) / "users.parquet"
     return ArmPredictions(arm, out, summary["metrics"], pd.read_parquet(devices) if devices.is_file() else None, summary)

@@ -66,13 +66,14 @@ from device.sample_filter import FilterConfig
 from device.tflite_trainer import FinetuneConfig
 from recfl.app.candidates import candidate_source
 from recfl.app.evaluable import evaluable, require_evaluable
-from recfl.core import config
+from recfl.core import arms, config, interrupts
 from recfl.core.atomic import write_json_atomic
 from recfl.core.candidates import read_candidates
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare_from_config
 from recfl.core.errors import RecflError
 from recfl.core.evaluable import coverage, need
 from recfl.core.federated.privacy.settings import PrivacyConfig
+from recfl.core.federated.process import ALGORITHMS
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.formats import SyntheticSpec
 from recfl.core.models import ModelConfig
@@ -82,11 +83,12 @@ from recfl.core.train import TrainConfig, train_cloud_model
 
 log = logging.getLogger(__name__)
 
-CONTROL = "cloud"
-PERSONALIZED = ("local", "coda-nofilter", "coda")
-GLOBAL = ("fedavg", "fedsubavg")
-ARMS = (CONTROL, *GLOBAL, *PERSONALIZED)
-STARTS = ("cloud_model", *GLOBAL)  # stages whose model the personalized arms may start from
+# the arms' names (``recfl.core.arms`` holds the arms): each is stage ``arm-NAME``, its predictions ``NAME.parquet``
+CONTROL = arms.CONTROL.name
+ARMS = arms.names()
+GLOBAL = arms.names(arm for arm in arms.ARMS if arm.model in ALGORITHMS)  # arms scoring a federated stage's model as it is
+PERSONALIZED = arms.names(arm for arm in arms.ARMS if arm.personalized)
+STARTS = tuple(arm.model for arm in arms.ARMS if not arm.personalized)  # stages whose model the personalized arms may start from
 SEED_KEYS = ("model.init_seed", "train.seed", "federated.seed", "finetune.seed", "filter.seed")  # what --seeds sets
 SHARED_STAGES = ("data", "pool", "candidates")  # read no seed: the data split, the pool and the matching stay fixed
 LAYOUT = 2  # stage.json format; 2: result paths relative to the run folder (earlier stage.json files rerun once)
@@ -244,43 +246,45 @@ def _candidates_run(ctx: RunContext, out: Path) -> dict:
     return {"candidates_dir": ctx.portable(out), "rows": int(len(candidates)), "users": int(candidates["target_user_id"].nunique())}
 
 
-def _arm_stage(arm: str, start: str) -> Stage:
+def _arm_stage(arm: arms.Arm, start: str) -> Stage:
     """The arm's predictions: a global model scored unchanged, or each device's personalization of ``start``'s model."""
-    model_stage = arm if arm in GLOBAL else start if arm in PERSONALIZED else "cloud_model"
-    depends = (model_stage, "candidates") if arm in ("coda", "coda-nofilter") else (model_stage,)
+    model_stage = arm.model or start
+    depends = (model_stage, "candidates") if arm.candidates else (model_stage,)
+    device_arm = arm if arm.personalized else arms.CONTROL  # scoring a global model as it is: the control's device work
 
     def settings(ctx: RunContext) -> dict:
-        """What the arm reads: which users; fine-tuning if it personalizes; the filter only for coda (not ``run.workers``)."""
+        """What the arm reads: which users; fine-tuning if it personalizes; the filter only if it filters (coda; not
+        ``run.workers``)."""
         out = {"device_users": ctx.run.device_users}
-        if arm in PERSONALIZED:
+        if arm.personalized:
             out.update(finetune=ctx.table(FinetuneConfig, "finetune"))
-        if arm == "coda":
+        if arm.filtered:
             out.update(filter=ctx.table(FilterConfig, "filter"))
         return out
 
     def run(ctx: RunContext, out: Path) -> dict:
         model_dir = ctx.path(model_stage, "model_dir")
         pool_dir = ctx.path("pool", "pool_dir")
-        predictions = out / f"{arm}.parquet"
+        predictions = out / f"{arm.name}.parquet"
         summary = personalize(
-            ctx.data, model_dir, arm if arm in PERSONALIZED else CONTROL, predictions, pool_dir=pool_dir,
+            ctx.data, model_dir, device_arm, predictions, pool_dir=pool_dir,
             candidates=candidate_source(ctx.data, pool_dir, ctx.path("candidates", "candidates_dir"))
-            if "candidates" in depends else None,
+            if arm.candidates else None,
             users=ctx.run.device_users or None, workers=ctx.run.workers,
             filter_config=ctx.section(FilterConfig, "filter"), finetune_config=ctx.section(FinetuneConfig, "finetune"),
             cache_dir=ctx.out / "tflite", progress=ctx.progress,
         )
         table = pd.read_parquet(predictions)
-        if arm in GLOBAL:  # a global model scored unchanged: the file carries the algorithm's name as its arm
-            table["arm"] = arm
+        if device_arm is not arm:  # a federated model scored as the control is: the file carries the arm's own name
+            table["arm"] = arm.name
             table.to_parquet(predictions, index=False)
         devices = Path(summary["device_dir"]) / "users.parquet"
-        write_distributions(ctx.out / SUMMARIES / f"arm-{arm}",
+        write_distributions(ctx.out / SUMMARIES / f"arm-{arm.name}",
                             device_results(table, pd.read_parquet(devices) if devices.is_file() else None))
         return {"predictions": ctx.portable(predictions), "users": summary["users"], "metrics": summary["metrics"],
                 **({"devices": summary["devices"]} if "devices" in summary else {})}
 
-    return Stage(f"arm-{arm}", settings, run, depends=depends)
+    return Stage(f"arm-{arm.name}", settings, run, depends=depends)
 
 
 def _ab_settings(ctx: RunContext) -> dict:
@@ -330,10 +334,9 @@ def stages(start: str = RunConfig.personalize_from) -> tuple[Stage, ...]:
         Stage("data", _data_settings, _data_run, check=_data_check),
         Stage("pool", _pool_settings, _pool_run, depends=("data",)),
         Stage("cloud_model", _cloud_settings, _cloud_run, depends=("pool",)),
-        _federated_stage("fedsubavg"),
-        _federated_stage("fedavg"),
+        *(_federated_stage(algorithm) for algorithm in ALGORITHMS),
         Stage("candidates", _candidates_settings, _candidates_run, depends=("pool",)),
-        *(_arm_stage(arm, start) for arm in ARMS),
+        *(_arm_stage(arm, start) for arm in arms.ARMS),
         Stage("ab", _ab_settings, _ab_run, depends=tuple(f"arm-{arm}" for arm in ARMS)),
     )
 
@@ -357,6 +360,7 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
     fingerprints = {name: fingerprint for name, (fingerprint, _) in plan.items()}
     _write_record(ctx, fingerprints)
     for number, stage in enumerate(pipeline, start=1):
+        interrupts.check()
         fingerprint, settings = plan[stage.name]
         marker = ctx.out / stage.name / "stage.json"
         done = _read_json(marker)

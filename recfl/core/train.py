@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from recfl.core import interrupts
 from recfl.core.atomic import write_json_atomic
 from recfl.core.baselines import popularity_scores
 from recfl.core.config import check_limits
@@ -93,6 +94,7 @@ def fit(spec: ModelSpec, params: ModelParams, examples: Callable[[int], Examples
         order = rng.permutation(len(epoch_examples))
         total, batches = 0.0, range(0, len(order), config.batch_size)
         for lo in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False):
+            interrupts.check()
             b = epoch_examples.take(order[lo : lo + config.batch_size])
             total += float(step(b.batch())) * len(b)
         losses.append(total / max(len(order), 1))

@@ -10,10 +10,17 @@ committed (full). Latency: events are produced at a steady rate below both
 capacities while one consumer runs; per event, the time from the record's
 producer timestamp to its receipt (raw) or to its durability in the pool
 (full, with the default batching of at most ``batch_max_wait_s``).
+
+The produced messages (a few hundred thousand Python objects of the bench's
+own) are frozen out of the cyclic garbage collector before the loops run:
+otherwise each loop's full collections scan them, a cost of the bench, not
+of either loop (measured: 9.0-9.5 us of CPU per event in the full consumer
+without the freeze, 7.3-7.9 with it; 6.2-7.2 and 5.5-6.0 in the raw loop).
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import tempfile
 import threading
@@ -93,6 +100,7 @@ def run(size: str) -> list[Figure]:
     try:
         base = StreamConfig(bootstrap_servers=broker.bootstrap_servers, topic="bench-throughput")
         produce(messages, base, base.topic)
+        gc.freeze()
         raw_rates, full_rates = [], []
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(repeats):
@@ -107,6 +115,7 @@ def run(size: str) -> list[Figure]:
             full_stats = _latency(lambda s, a: _full(s, len(live), Path(tmp) / "pool-latency", a), full_settings, live, rate)
             full_latency = np.concatenate(list(full_stats.latencies_ms))
     finally:
+        gc.unfreeze()
         broker.stop()
 
     ratios = ", ".join(f"{f / r:.2f}x" for f, r in zip(full_rates, raw_rates))

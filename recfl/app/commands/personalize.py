@@ -11,6 +11,7 @@ from device.tflite_trainer import FinetuneConfig
 from recfl.app.arguments import add_config_args, config_doc, print_json
 from recfl.app.candidates import candidate_source
 from recfl.core import config
+from recfl.core.arms import DEVICE_ARMS, arm_named
 from recfl.core.dataset import PreparedDataset
 
 
@@ -32,12 +33,13 @@ def _personalize(args) -> int:
     doc = config_doc(args)
     data = PreparedDataset(args.data)
     pool = Path(args.pool) if args.pool else None
+    arm = arm_named(args.arm, DEVICE_ARMS)
     candidates = None
-    if pool is not None and args.arm in ("coda-nofilter", "coda"):
+    if pool is not None and arm.candidates:
         candidates = candidate_source(data, pool, Path(args.candidates) if args.candidates else None,
                                       config.section(MatchConfig, doc, "matching"))
     summary = personalize(
-        data, Path(args.model), args.arm, Path(args.out), pool_dir=pool, candidates=candidates,
+        data, Path(args.model), arm, Path(args.out), pool_dir=pool, candidates=candidates,
         users=args.users, workers=args.workers,
         filter_config=config.section(FilterConfig, doc, "filter"),
         finetune_config=config.section(FinetuneConfig, doc, "finetune"),

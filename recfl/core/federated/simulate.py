@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from recfl.core import config
+from recfl.core import config, interrupts
 from recfl.core.atomic import atomic_path, write_json_atomic
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
@@ -218,6 +218,7 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
     board = RoundSummaries(summaries, map(json.loads, lines))
     with logging_redirect_tqdm(), bar, board:  # a warning (a lost worker) on a line of its own, not inside the bar
         while state.round < fed.rounds:
+            interrupts.check()
             started = time.perf_counter()
             chosen = (poisson_sample_clients if budget else sample_clients)(state.round, len(population), fed.clients_per_round,
                                                                             fed.available, fed.seed)
