@@ -54,7 +54,7 @@ from kafka.errors import KafkaError
 from recfl.core.errors import EnvironmentFault, RecflError
 from recfl.core.pool import PoolConfig, ensure_pool
 from streaming.dead_letters import dead_letter, dead_letter_key
-from streaming.events import Event, InvalidEvent, decode
+from streaming.events import Event, InvalidEvent, decode, decode_all
 from streaming.pool_writer import PoolWriter, WriteResult
 from streaming.settings import StreamConfig
 from streaming.topics import ensure_topic
@@ -263,7 +263,11 @@ class StreamConsumer:
         if self.stats.first_record_at is None:
             self.stats.first_record_at = batch.opened_at
         rules, events, kept = self._rules, batch.events, batch.records
-        for record in records:
+        plain = decode_all([record.value for record in records], rules)
+        if plain is not None:
+            events.extend(plain)
+            kept.extend(records)
+        for record in records if plain is None else ():
             try:
                 events.append(decode(record.value, rules))
                 kept.append(record)

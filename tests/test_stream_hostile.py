@@ -14,7 +14,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from hostile_messages import GOOD, kinds, raw
 from streaming.dead_letters import KEY_EXCERPT_BYTES, MAX_DEAD_LETTER_BYTES, PAYLOAD_EXCERPT_BYTES, dead_letter
-from streaming.events import REASONS, Event, InvalidEvent, decode, decode_carefully, encode
+from streaming.events import REASONS, Event, InvalidEvent, decode, decode_all, decode_carefully, encode
 from streaming.settings import StreamConfig
 
 RULES = StreamConfig().rules
@@ -152,3 +152,25 @@ def test_every_valid_event_decodes_to_itself(fields):
     event = check(encode({"schema": 1, **fields}))
     assert isinstance(event, Event) and event.fields() == fields
     assert not math.isnan(event.timestamp)
+
+
+ANY_PAYLOAD = st.none() | st.binary(max_size=120) | json_events() | st.sampled_from([kind.payload for kind in kinds()])
+
+
+@PROPERTY
+@given(st.lists(ANY_PAYLOAD | st.just(encode(GOOD)), max_size=6))
+def test_a_whole_poll_decoded_at_once_gives_each_payload_its_own_answer_or_none(payloads):
+    """decode_all answers a list only when every payload is an event on its own, and then with those events:
+    payloads that join into events (one opening a brace another closes) must not."""
+    answers = [outcome(decode, payload) for payload in payloads]
+    together = decode_all(payloads, RULES)
+    if together is not None:
+        assert together == answers
+
+
+def test_a_poll_of_plain_events_is_decoded_at_once_and_a_split_event_is_not():
+    good = [encode(GOOD | {"event_id": f"e{i}", "behavior": behavior}) for i, behavior in enumerate(["pv", None, "rating:4"])]
+    assert decode_all(good, RULES) == [decode(payload, RULES) for payload in good]
+    head, tail = good[0][:20], good[0][20:]  # two halves of one event around a payload with two braces
+    assert decode_all([head, good[1][:-1] + b',"x":{}}', tail], RULES) is None
+    assert decode_all([good[0], good[1].replace(b'"e1"', b'"e\\u00011"')], RULES) is None  # a control character
