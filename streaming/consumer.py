@@ -263,7 +263,11 @@ class StreamConsumer:
         if self.stats.first_record_at is None:
             self.stats.first_record_at = batch.opened_at
         rules, events, kept = self._rules, batch.events, batch.records
-        plain = decode_all([record.value for record in records], rules)
+        try:
+            plain = decode_all([record.value for record in records], rules)
+        except Exception:  # recfl's fault, not the stream's: the messages go one by one, each answered alone
+            log.exception("decoding a poll at once failed; decoding its %d messages one by one", len(records))
+            plain = None
         if plain is not None:
             events.extend(plain)
             kept.extend(records)

@@ -21,8 +21,10 @@ from recfl.app.api import AbConfig, FederatedConfig, RunConfig, SyntheticSpec, T
 from recfl.app.cli import main
 from recfl.app.commands.run import summary_lines
 from recfl.app.pipeline import ARMS, GLOBAL, PERSONALIZED, stages
+from recfl.core.candidates import read_candidates
 from recfl.core.errors import RecflError
 from recfl.core.metrics import per_user_auc
+from recfl.core.pool import assign_roles, check_pool, open_store, pool_config
 from tensorboard_events import expected_rounds, histogram_counts, holds, scalars
 
 TINY = """
@@ -212,6 +214,36 @@ def test_a_moved_run_folder_is_complete(finished, monkeypatch, capsys):
     assert sources["coda"] == "arm-coda/coda.parquet"  # as run.json has it: the same wherever the folder is
     assert main(["run", "--out", "moved", "--config", str(_config(tmp)), "--set", "ab.bootstrap=120"]) == 0
     assert _stage_times(moved) == after
+
+
+def test_events_stored_in_the_pool_after_the_run_rerun_matching_and_what_reads_it_once(finished):
+    """``recfl run`` fingerprints its pool's content: a new sharing user who repeats a device user's events,
+    stored in ``OUT/pool`` as ``recfl stream consume --pool OUT/pool`` stores them, reruns the candidates, the
+    arms that read them and the report, and becomes that device user's first candidates; a rerun after that
+    skips everything."""
+    tmp, out = finished
+    copy = tmp / "arrivals"
+    shutil.copytree(out, copy)
+    data = pd.read_parquet(copy / "data" / "train.parquet")
+    twin = int(read_candidates(copy / "candidates")["target_user_id"].iloc[0])
+    roles = pool_config(check_pool(copy / "pool"))
+    first = int(data["user_id"].max()) + 1
+    sharer = int(assign_roles(np.arange(first, first + 100), roles.share_fraction, roles.salt).sharing_users[0])
+    rows = data[data["user_id"] == twin]
+    arrived = rows.assign(user_id=sharer, event_id=[f"arrival-{k}" for k in range(len(rows))],
+                          timestamp=int(data["timestamp"].max()) + 1 + np.arange(len(rows)))
+    with open_store(copy / "pool") as store:
+        assert store.append(arrived).written == len(rows)
+    before = _stage_times(copy)
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp))]) == 0
+    after = _stage_times(copy)
+    assert [stage for stage in after if after[stage] != before[stage]] == ["candidates", "arm-coda-nofilter", "arm-coda",
+                                                                          "ab"]
+    candidates = read_candidates(copy / "candidates")
+    mine = candidates[candidates["target_user_id"] == twin]
+    assert mine["user_id"].iat[0] == sharer and set(arrived["event_id"]) <= set(mine["event_id"])
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp))]) == 0
+    assert _stage_times(copy) == after
 
 
 def test_a_setting_reruns_only_the_stages_that_read_it(finished):

@@ -17,7 +17,7 @@ from recfl.core.formats import SyntheticSpec, load
 from recfl.core.pool import open_store
 from recfl.core.store import PoolStore
 from streaming.consumer import StreamConsumer
-from streaming.events import decode
+from streaming.events import decode, decode_all
 from streaming.pool_writer import _write
 from streaming.producer import produce, replay_messages
 from streaming.settings import StreamConfig
@@ -25,13 +25,23 @@ from streaming.topics import ensure_topic
 
 
 def test_a_message_that_breaks_the_decoder_is_dead_lettered_as_internal(kafka_broker, topic, tmp_path, monkeypatch):
-    """Any unforeseen failure on one message costs that message only (reason internal, with the exception type)."""
+    """Any unforeseen failure on one message costs that message only (reason internal, with the exception type);
+    one of the decoder of whole polls costs nothing (their messages are decoded one by one)."""
+    def boom(payload) -> bool:
+        return payload is not None and b'"synthetic-' in payload and payload.endswith(b'"boom"}')
+
     def failing(payload, rules):
-        if payload is not None and b'"synthetic-' in payload and payload.endswith(b'"boom"}'):
+        if boom(payload):
             raise RuntimeError("boom")
         return decode(payload, rules)
 
+    def failing_all(payloads, rules):
+        if any(map(boom, payloads)):
+            raise RuntimeError("boom in a poll")
+        return decode_all(payloads, rules)
+
     monkeypatch.setattr(streaming.consumer, "decode", failing)
+    monkeypatch.setattr(streaming.consumer, "decode_all", failing_all)
     settings = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers, topic=topic, group=topic)
     messages = replay_messages("synthetic", None, SyntheticSpec(users=10, items=100, days=1, seed=2))
     broken = {i: (key, event | {"source": "boom"}) for i, (key, event) in enumerate(messages) if i % 50 == 7}

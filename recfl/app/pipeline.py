@@ -9,8 +9,11 @@ Every stage starts by writing ``OUT/<stage>/started.json`` and finishes by
 writing ``OUT/<stage>/stage.json``, both with a fingerprint of the config
 keys it reads (only those: ``filter.*`` reruns the ``coda`` arm, not the
 others; ``run.workers`` changes no result and reruns nothing) and of the
-stages it depends on. Fingerprints depend on settings only, so the whole
-plan is known before anything runs: a rerun skips a stage whose finished
+stages it depends on. Fingerprints depend on settings, and on one piece of
+content: events stored in ``OUT/pool`` after its pool stage built it (e.g.
+``recfl stream consume --pool OUT/pool``) enter the candidates' fingerprint,
+so matching, the arms that read candidates and the report run again on them.
+The whole plan is known before anything runs: a rerun skips a stage whose finished
 fingerprint matches, and at the start removes the outputs of every stage
 whose fingerprint changed (no stale report outlives the settings it came
 from, even if the run then stops early). A crashed run resumes where it
@@ -77,7 +80,7 @@ from recfl.core.federated.process import ALGORITHMS
 from recfl.core.federated.simulate import FederatedConfig, simulate
 from recfl.core.formats import SyntheticSpec
 from recfl.core.models import ModelConfig
-from recfl.core.pool import load_split, pool_summary
+from recfl.core.pool import load_split, pool_summary, pool_version
 from recfl.core.summaries import SUMMARIES, device_results, write_distributions
 from recfl.core.train import TrainConfig, train_cloud_model
 
@@ -118,6 +121,7 @@ class RunContext:
     data_dir: Path | None = None
     results: dict[str, dict] = field(default_factory=dict)
     progress: bool = True  # progress bars on stderr
+    fingerprints: dict[str, str] = field(default_factory=dict)  # the plan's so far: a stage's settings may read them
 
     def section(self, cls, name: str):
         return config.section(cls, self.doc, name)
@@ -193,7 +197,18 @@ def _pool_settings(ctx: RunContext) -> dict:
 def _pool_run(ctx: RunContext, out: Path) -> dict:
     cfg = ctx.section(PoolConfig, "pool")
     build_pool(ctx.data, out, cfg.share_fraction, cfg.salt)
-    return {"pool_dir": ctx.portable(out), **pool_summary(out)}
+    return {"pool_dir": ctx.portable(out), **pool_summary(out), "version": pool_version(out)}
+
+
+def _pool_arrivals(ctx: RunContext) -> dict:
+    """``{"pool_version": V}`` once events reached the run's pool after its (up-to-date) pool stage built it,
+    e.g. streamed in with ``recfl stream consume --pool OUT/pool``, so that matching and what reads the
+    candidates run again on them; ``{}`` while it holds what it built (such runs keep their fingerprints)."""
+    done = _read_json(ctx.out / "pool" / "stage.json")
+    if not done or done.get("fingerprint") != ctx.fingerprints.get("pool") or "version" not in done.get("result", {}):
+        return {}
+    now = pool_version(ctx.out / "pool")
+    return {} if now == done["result"]["version"] else {"pool_version": now}
 
 
 def _split(ctx: RunContext):
@@ -233,7 +248,7 @@ def _federated_stage(algorithm: str) -> Stage:
 # --- matching and the arms -----------------------------------------------------------------------------
 
 def _candidates_settings(ctx: RunContext) -> dict:
-    return {"matching": ctx.table(MatchConfig, "matching"), "device_users": ctx.run.device_users}
+    return {"matching": ctx.table(MatchConfig, "matching"), "device_users": ctx.run.device_users, **_pool_arrivals(ctx)}
 
 
 def _candidates_run(ctx: RunContext, out: Path) -> dict:
@@ -353,6 +368,7 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
     for stage in pipeline:
         settings = json.loads(json.dumps(stage.settings(ctx), sort_keys=True, default=str))  # as stage.json records it
         plan[stage.name] = (_fingerprint({"settings": settings, "upstream": [plan[d][0] for d in stage.depends]}), settings)
+        ctx.fingerprints[stage.name] = plan[stage.name][0]
     _check_out(ctx.out, pipeline, plan, force)
     ctx.out.mkdir(parents=True, exist_ok=True)
     for stage in pipeline:

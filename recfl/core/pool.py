@@ -219,6 +219,12 @@ def shared_events(events: pa.Table, config: PoolConfig) -> pa.Table:
     return events.filter(pa.array(shares(events.column("user_id").to_numpy(), config.share_fraction, config.salt)))
 
 
+def pool_version(pool_dir: str | Path) -> str:
+    """The version of a checked pool's content (:meth:`PoolStore.version`): it changes when events are stored."""
+    with open_store(pool_dir) as store:
+        return store.version()
+
+
 def open_store(pool_dir: str | Path) -> PoolStore:
     """The PoolStore of a checked pool."""
     check_pool(pool_dir)
@@ -226,4 +232,4 @@ def open_store(pool_dir: str | Path) -> PoolStore:
 
 
 __all__ = ["DEVICE", "SHARING", "PoolConfig", "PoolSplit", "assign_roles", "check_pool", "ensure_pool", "load_split",
-           "manifest", "open_store", "pool_config", "pool_summary", "roles_frame", "shared_events", "shares"]
+           "manifest", "open_store", "pool_config", "pool_summary", "pool_version", "roles_frame", "shared_events", "shares"]

@@ -237,6 +237,12 @@ class PoolStore:
         """Committed data files, in commit order (in staging for a file not published yet)."""
         return [self._locate(r[0]) for r in self._db.execute("SELECT file FROM files ORDER BY rowid")]
 
+    def version(self) -> str:
+        """A digest of the committed files (names and rows): every append that stores a row changes it, and
+        nothing else does (a rerun of the same events stores none). Read from the index alone."""
+        rows = self._db.execute("SELECT file, rows FROM files ORDER BY rowid").fetchall()
+        return hashlib.sha256(msgspec.json.encode(rows)).hexdigest()[:16]
+
     def unindexed(self) -> str | None:
         """What a hand edit left, if anything: a file in a day folder the index does not list, or a listed file
         that is gone. (The folders are listed before the index is read: a file is published only once indexed.)"""
