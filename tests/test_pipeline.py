@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from recfl.core.candidates import read_candidates
 from recfl.core.errors import RecflError
 from recfl.core.metrics import per_user_auc
 from recfl.core.pool import assign_roles, check_pool, open_store, pool_config
+from streaming.producer import produce
+from streaming.settings import StreamConfig
+from streaming.topics import ensure_topic
 from tensorboard_events import expected_rounds, histogram_counts, holds, scalars
 
 TINY = """
@@ -244,6 +248,60 @@ def test_events_stored_in_the_pool_after_the_run_rerun_matching_and_what_reads_i
     assert mine["user_id"].iat[0] == sharer and set(arrived["event_id"]) <= set(mine["event_id"])
     assert main(["run", "--out", str(copy), "--config", str(_config(tmp))]) == 0
     assert _stage_times(copy) == after
+
+
+def test_the_live_loop_brings_events_produced_while_it_runs_into_its_next_cycle(finished, kafka_broker, topic, capsys):
+    """``recfl run --stream``: a new sharing user who repeats a device user's events and a new device user, produced
+    while the loop runs, reach the pool in its window and the twin's candidates in the next cycle, where only
+    matching, the arms that read candidates and the report rerun."""
+    tmp, out = finished
+    copy = tmp / "live"
+    shutil.copytree(out, copy)
+    train = pd.read_parquet(copy / "data" / "train.parquet")
+    twin = int(read_candidates(copy / "candidates")["target_user_id"].iloc[-1])
+    roles = pool_config(check_pool(copy / "pool"))
+    first = int(train["user_id"].max()) + 1
+    split = assign_roles(np.arange(first, first + 100), roles.share_fraction, roles.salt)
+    sharer, device = int(split.sharing_users[0]), int(split.device_users[0])
+    rows = train[train["user_id"] == twin].drop(columns="sampled")
+    late = int(train["timestamp"].max()) + 1
+
+    def events(user: int, tag: str) -> list:
+        return [(str(user).encode(), {"schema": 1, **event, "user_id": user, "event_id": f"{tag}-{k}", "timestamp": late + k})
+                for k, event in enumerate(rows.astype(object).to_dict("records"))]
+
+    sent = events(sharer, "live-sharer") + events(device, "live-device")
+    settings = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers, topic=topic)
+    ensure_topic(settings, topic, settings.partitions)
+    producer = threading.Timer(2.0, produce, (sent, settings, topic))  # while the first cycle runs
+    producer.start()
+    before = _stage_times(copy)
+    try:
+        assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), "--stream", topic, "--bootstrap-servers",
+                     kafka_broker.bootstrap_servers, "--every", "12s", "--cycles", "2"]) == 0
+    finally:
+        producer.join()
+    printed = capsys.readouterr().out
+    assert f"{len(sent):,} messages from {topic}" in printed and f"({len(sent):,} written," in printed
+    assert "stopped after cycle 2;" in printed
+    after = _stage_times(copy)
+    assert [stage for stage in after if after[stage] != before[stage]] == ["candidates", "arm-coda-nofilter", "arm-coda",
+                                                                          "ab"]
+    mine = read_candidates(copy / "candidates").query("target_user_id == @twin")
+    assert mine["user_id"].iat[0] == sharer and {f"live-sharer-{k}" for k in range(len(rows))} <= set(mine["event_id"])
+    assert not read_candidates(copy / "candidates")["event_id"].str.startswith("live-device").any()
+
+
+def test_live_loop_mistakes_are_one_line_errors(finished, capsys):
+    tmp, out = finished
+    for args, message in ((["--every", "10m"], "--every, --cycles and --bootstrap-servers go with --stream TOPIC"),
+                          (["--stream", "t", "--seeds", "0", "1"], "--stream runs one pipeline in OUT; it does not take --seeds"),
+                          (["--stream", "t", "--cycles", "0"], "--cycles must be at least 1, got 0"),
+                          (["--stream", "t", "--every", "ten"], "argument --every: not a positive duration: 'ten'")):
+        assert main(["run", "--out", str(tmp / "never"), "--config", str(_config(tmp)), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("recfl: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp / "never").exists()
 
 
 def test_a_setting_reruns_only_the_stages_that_read_it(finished):

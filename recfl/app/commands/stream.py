@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import contextmanager
 
 from recfl.app.arguments import add_config_args, config_doc, print_json
+from recfl.app.graceful import stop_on_signals
 from recfl.core import config
 from recfl.core.errors import RecflError
 from recfl.core.formats import FORMATS, SyntheticSpec
@@ -67,34 +65,13 @@ def _settings(args, **explicit):
                                topic=args.topic, **explicit)
 
 
-@contextmanager
-def _stop_on_signals(stop: Callable[[], None], doing: str):
-    """The first SIGINT/SIGTERM calls ``stop`` (a graceful stop); a second one acts as usual (interrupts at once)."""
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in signals}
-
-    def handler(signum, _frame):
-        log.info("%s: %s (send it again to stop at once)", signal.Signals(signum).name, doing)
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        stop()
-
-    for sig in signals:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def _broker(args) -> int:
     broker = start_broker(args.port or None)
     stopping = threading.Event()
     try:
         print_json({"bootstrap_servers": broker.bootstrap_servers, "pid": broker.process.pid})
         sys.stdout.flush()
-        with _stop_on_signals(stopping.set, "stopping the broker"):
+        with stop_on_signals(stopping.set, "stopping the broker"):
             while not stopping.wait(0.5):
                 if broker.process.poll() is not None:
                     raise RecflError(f"broker exited with code {broker.process.returncode}")
@@ -123,7 +100,7 @@ def _consume(args) -> int:
         raise RecflError(f"--idle-timeout must be positive, got {args.idle_timeout:g}")
     doc, settings = _settings(args, group=args.group, dead_letter_topic=args.dead_letter_topic)
     consumer = StreamConsumer(settings, args.pool, config.section(PoolConfig, doc, "pool"))
-    with _stop_on_signals(consumer.stop, "finishing the current batch"):
+    with stop_on_signals(consumer.stop, "finishing the current batch"):
         stats = consumer.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     print_json({"topic": settings.topic, "group": settings.group, "dead_letter_topic": settings.dead_letters,
                 "pool": args.pool, **stats.report()})
