@@ -66,4 +66,5 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
 # scale: standard plus the large cases (100,000 users and clients, 5M pool samples), about 40 minutes on 2 cores.
 SIZES: tuple[str, ...] = ("quick", "standard", "scale")
 
-BENCHMARKS: tuple[str, ...] = ("federated", "privacy", "federated_scale", "consumer", "ab_harness", "device", "matching")
+BENCHMARKS: tuple[str, ...] = ("federated", "privacy", "federated_scale", "consumer", "ab_harness", "device", "matching",
+                               "rerun")
