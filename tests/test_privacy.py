@@ -10,11 +10,13 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recfl.app.cli import main
 from recfl.core.errors import RecflError
 from recfl.core.federated import computations
-from recfl.core.federated.privacy import accounting, secure
+from recfl.core.federated.privacy import accounting, fixed_point, secure
 from recfl.core.federated.privacy import computations as private
 from recfl.core.federated.privacy.process import PrivateProcess
 from recfl.core.federated.privacy.randomized_response import estimate_clients, perturb
@@ -89,13 +91,28 @@ def test_poisson_sampling_is_seeded_and_has_the_accounted_rate():
     assert joins.mean() == pytest.approx(0.05, rel=0.05)
 
 
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.floats(-50.0, 50.0, width=32), min_size=1, max_size=300),
+       bound=st.floats(0.5, 40.0))
+def test_fixed_point_sums_decode_to_the_clipped_sum_within_the_step(values, bound):
+    """What the secure sum adds: each value clipped to its bounds, 32 bits; the decoded sum is off by at most
+    half a step per summand (plus float32 rounding of the result)."""
+    values = np.asarray(values, np.float32)
+    encoded = fixed_point.encode(tf.constant(values), -bound, bound).numpy()
+    assert encoded.dtype == np.int64 and encoded.min() >= 0 and encoded.max() <= fixed_point.TOP
+    decoded = float(fixed_point.decode(tf.constant(encoded.sum()), -bound, bound, len(values)).numpy())
+    want = float(np.clip(values.astype(np.float64), -bound, bound).sum())
+    step = 2 * bound / fixed_point.TOP
+    assert abs(decoded - want) <= len(values) * step / 2 + 1e-6 * max(1.0, abs(want)), (decoded, want)
+
+
 def test_client_values_reach_the_server_only_through_secure_sums():
     """The signature: one server-placed result of the union's shape, computed only by secure-sum intrinsics."""
     import tensorflow_federated as tff
 
     union = private.build_union(SPEC, 0.8, 0.05)
     round_ = private.build_round(SPEC, WORK, (("item", 16), ("category", 8)), 1.0, 11.0)
-    assert str(union.type_signature.parameter).endswith("}@CLIENTS")
+    assert str(union.type_signature.parameter) == "{int32[?]}@CLIENTS"
     assert str(union.type_signature.result) == "<item=int32[12],category=int32[5]>@SERVER"
     server, clients = round_.type_signature.parameter
     assert server.placement is tff.SERVER and clients.placement is tff.CLIENTS and not clients.all_equal
@@ -251,10 +268,12 @@ def test_no_client_row_set_or_delta_is_reachable_from_the_server_side_result(tff
     secrets = []  # per client: its row ids, its report, its clean update and its noisy upload
     silent = {**server, "share_std": np.float32(0.0)}
     for x, rr in zip(inputs, reports_in):
-        for t, rows in SPEC.rows:
+        seeds = tf.random.experimental.stateless_split(tf.constant(rr[:2]), len(SPEC.rows))
+        secrets.append(rr)
+        for k, (t, rows) in enumerate(SPEC.rows):
             keys = np.asarray(x[f"{t}_keys"])
             secrets += [keys, np.unique(keys), np.setdiff1d(keys, [0, 1]),
-                        perturb(tf.constant(keys), rows, tf.constant(rr["rr_seed"]), 0.9, 0.3).numpy()]
+                        perturb(tf.constant(keys), rows, seeds[k], 0.9, 0.3).numpy()]
         for s in (silent, server):
             update = private.private_update(SPEC, WORK, config.clip_norm, _eager(s), _eager(x))["update"]
             secrets += [a for a in _arrays(update) if np.any(a != 0)]

@@ -64,10 +64,8 @@ class PrivateProcess(FederatedProcess):
         """What a client holds and never sends: its rows of each table."""
         return collections.OrderedDict((f"{t}_keys", client.submodel.rows[t]) for t in plain.table_names(self.spec))
 
-    def _union_value(self, client: ClientData) -> collections.OrderedDict:
-        value = self._keys(client)
-        value["rr_seed"] = _secret(self.seed, client.user_id, _RR)
-        return value
+    def _union_value(self, client: ClientData) -> np.ndarray:
+        return computations.union_value(self.spec, client.submodel.rows, _secret(self.seed, client.user_id, _RR))
 
     def _client_value(self, client: ClientData, seed: tuple[int, int]) -> collections.OrderedDict:
         value = self._keys(client)

@@ -14,28 +14,11 @@ SecAgg, Bonawitz et al., CCS'17).
 
 from __future__ import annotations
 
-import gc
-import logging
-from contextlib import contextmanager
 from functools import lru_cache
 
 # Intrinsics that may take values placed at CLIENTS: they keep them there, or release only their sum.
 PLACEMENT_PRESERVING = ("federated_map", "federated_map_all_equal", "federated_zip_at_clients")
 SECURE_SUMS = ("federated_secure_sum", "federated_secure_sum_bitwidth", "federated_secure_modular_sum")
-
-
-@contextmanager
-def quiet_unused_assertions():
-    """TFF's quantized secure sum builds range assertions it never runs; TensorFlow logs each one as an
-    error when it is garbage collected. Collect them here, with that logger silenced."""
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        gc.collect()
-        logger.setLevel(level)
 
 
 def _takes_client_values(type_signature) -> bool:
