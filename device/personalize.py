@@ -17,6 +17,13 @@ the rest plus the candidates are the fine-tuning set. The personalized
 weights are saved to a checkpoint file per device, restored, and the test
 events scored in the interpreter.
 
+Given the ``previous`` outputs of the same arm and settings (a rerun after
+new pool events), a device whose inputs are unchanged (:func:`task_inputs`:
+its own events, the events it scores, its candidates and their features) is
+not run again: its predictions, report and device files are taken over, as
+running it again would reproduce them (every device's randomness is seeded
+by the user id).
+
 Work is spread over ``workers`` spawned processes. The ``.tflite`` is
 converted (or found in the cache) once, in the parent, before any worker
 starts; workers only load it. Workers start with SIGINT blocked, so Ctrl-C
@@ -26,14 +33,16 @@ only; the parent then terminates them and raises ``KeyboardInterrupt``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +79,7 @@ log = logging.getLogger(__name__)
 ARMS = names(DEVICE_ARMS)  # the choices of ``recfl personalize --arm``
 CandidateSource = Callable[[np.ndarray], pd.DataFrame]  # device user ids -> their candidates table (recfl.core.candidates)
 CHUNK_USERS = 256  # users whose tasks are built at once (bounds the parent's memory)
+DEVICE_FILES = (".weights.npz", ".rows.npz")  # what a device keeps, per user: its personalized weights and row map
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +91,58 @@ class DeviceTask:
     test: pd.DataFrame  # events to score
     candidates: pd.DataFrame  # matched pool samples: canonical columns (+ similarity), row-aligned with candidate_examples
     candidate_examples: Examples
+
+
+def similarity_order(candidates: pd.DataFrame) -> np.ndarray:
+    """Candidates most similar first (ties in table order): all a device reads of their similarity."""
+    return np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable")
+
+
+def task_inputs(task: DeviceTask) -> str:
+    """A digest of what one device's result depends on besides the model and the settings: its own events,
+    the events it scores, its candidates and their cloud-computed features, and the candidates' similarity order
+    (not the values: a pool event elsewhere moves every cosine a little and rarely the order)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for frame in (task.local, task.test, task.candidates.drop(columns="similarity")):
+        digest.update(",".join(map(str, frame.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest.update(similarity_order(task.candidates).astype(np.int64).tobytes())
+    for field in fields(task.candidate_examples):
+        digest.update(np.ascontiguousarray(getattr(task.candidate_examples, field.name)).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class PreviousDevices:
+    """An earlier run of the same arm and settings: per user, its predictions, report (with its inputs' digest)
+    and device files, to take over where the inputs are unchanged."""
+
+    predictions: dict[int, pd.DataFrame]
+    reports: dict[int, dict]
+    device_dir: Path
+
+    @classmethod
+    def read(cls, predictions: Path) -> PreviousDevices | None:
+        """The devices of ``predictions`` (a ``personalize`` output); None when it is missing or predates digests."""
+        device_dir = predictions.with_name(predictions.stem + ".devices")
+        if not predictions.is_file() or not (device_dir / "users.parquet").is_file():
+            return None
+        per_user = pd.read_parquet(device_dir / "users.parquet")
+        if "inputs" not in per_user:
+            return None
+        scored = pd.read_parquet(predictions)
+        return cls({int(user): rows for user, rows in scored.groupby("user_id", sort=False)},
+                   {int(row["user_id"]): row for row in per_user.to_dict("records")}, device_dir)
+
+    def take(self, user: int, inputs: str, device_dir: Path) -> tuple[pd.DataFrame, dict] | None:
+        """User ``user``'s predictions and report, its device files copied to ``device_dir``, if its inputs were ``inputs``."""
+        report = self.reports.get(user)
+        files = [self.device_dir / f"{user}{suffix}" for suffix in DEVICE_FILES]
+        if report is None or report["inputs"] != inputs or user not in self.predictions or not all(f.is_file() for f in files):
+            return None
+        for source in files:
+            shutil.copyfile(source, device_dir / source.name)
+        return self.predictions[user], report
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,7 +220,7 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
     cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
-    cand_ex = cand_ex.take(np.argsort(-candidates["similarity"].to_numpy(np.float64), kind="stable"))
+    cand_ex = cand_ex.take(similarity_order(candidates))
     capacity = cfg.capacity(ctx.spec)
     base = Submodel.covering(ctx.spec, local_ex, test_ex)
     fit_n = capacity_prefix(base, cand_ex, capacity)
@@ -174,9 +236,9 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     rng = np.random.default_rng([cfg.seed, task.user_id])
     phases = [Examples.concat([own, cands])] if cfg.schedule == "joint" or not len(cands) else [cands, own]
     tuned = [finetune(ctx.trainer, fit, val, cfg, rng) for fit in phases][-1]
-    checkpoint = ctx.device_dir / f"{task.user_id}.weights.npz"
+    checkpoint, rows = (ctx.device_dir / f"{task.user_id}{suffix}" for suffix in DEVICE_FILES)
     ctx.trainer.save(checkpoint)  # the personalized model stays on the device
-    np.savez(ctx.device_dir / f"{task.user_id}.rows.npz", **sub.rows)
+    np.savez(rows, **sub.rows)
     ctx.trainer.restore(checkpoint)
     scores = ctx.trainer.predict(sub.localize(test_ex))
     report.update(fit_events=sum(len(f) for f in phases), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
@@ -222,15 +284,18 @@ def _work(task: DeviceTask) -> tuple[pd.DataFrame, dict]:
 def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, pool_dir: Path | None = None,
                 candidates: CandidateSource | None = None, users: int | None = None, workers: int = 1,
                 filter_config: FilterConfig = FilterConfig(), finetune_config: FinetuneConfig = FinetuneConfig(),
-                cache_dir: Path | None = None, progress: bool = True) -> dict:
+                cache_dir: Path | None = None, progress: bool = True, previous: Path | None = None) -> dict:
     """Run ``arm`` for each device user and write their scored test events to ``out`` (Parquet).
 
     ``candidates`` gives the matched pool samples of a set of device users
     (an arm with candidates, the coda arms, needs it: a candidates directory
-    read back, or matching on the fly, as the caller chooses).
+    read back, or matching on the fly, as the caller chooses). ``previous`` is
+    the ``out`` of an earlier run of this arm with the same model and settings:
+    devices whose inputs are unchanged are taken over from it, not run.
 
     Writes ``out`` plus ``<out stem>.devices/`` (a checkpoint and row map per
-    device, and ``users.parquet``: one report row per user). Returns a summary.
+    device, and ``users.parquet``: one report row per user, with the digest of
+    its inputs and whether it was taken over). Returns a summary.
     """
     started = time.perf_counter()
     if workers < 1:
@@ -255,14 +320,29 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, poo
         summary.update(tflite=str(tflite_path), tflite_bytes=tflite_path.stat().st_size,
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
-        tasks = device_tasks(data, spec, selected, arm, pool_dir, candidates)
-        frames, reports = [], []
+        earlier = PreviousDevices.read(Path(previous)) if previous is not None else None
+        frames, reports, inputs, reused = [], [], {}, []
         with tqdm(total=len(selected), desc=f"personalize {arm.name}", unit="user", disable=not progress) as bar:
-            for frame, report in _run_all(tasks, settings, workers):
+
+            def fresh():
+                """The tasks to run; those whose inputs are unchanged are taken over from ``earlier`` on the way."""
+                for task in device_tasks(data, spec, selected, arm, pool_dir, candidates):
+                    inputs[task.user_id] = task_inputs(task)
+                    kept = earlier.take(task.user_id, inputs[task.user_id], device_dir) if earlier is not None else None
+                    if kept is None:
+                        yield task
+                        continue
+                    frames.append(kept[0])
+                    reports.append({**kept[1], "reused": True})
+                    reused.append(task.user_id)
+                    bar.update(1)
+
+            for frame, report in _run_all(fresh(), settings, workers):
                 interrupts.check()
                 frames.append(frame)
-                reports.append(report)
+                reports.append({**report, "inputs": inputs[report["user_id"]], "reused": False})
                 bar.update(1)
+        summary["reused_devices"] = len(reused)
 
     predictions = pd.concat(frames, ignore_index=True) if frames else predictions_table(data.test.iloc[:0], np.zeros(0), arm.name)
     predictions = predictions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)

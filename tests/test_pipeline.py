@@ -220,13 +220,11 @@ def test_a_moved_run_folder_is_complete(finished, monkeypatch, capsys):
     assert _stage_times(moved) == after
 
 
-def test_events_stored_in_the_pool_after_the_run_rerun_matching_and_what_reads_it_once(finished):
-    """``recfl run`` fingerprints its pool's content: a new sharing user who repeats a device user's events,
-    stored in ``OUT/pool`` as ``recfl stream consume --pool OUT/pool`` stores them, reruns the candidates, the
-    arms that read them and the report, and becomes that device user's first candidates; a rerun after that
-    skips everything."""
+def _twin_copy(finished, name: str, tag: str) -> tuple[Path, int, int, pd.DataFrame]:
+    """A copy of the finished run, a device user with candidates (the twin), a new sharing user, and that user's
+    events (ids ``tag-K``) repeating the twin's training events after every event in the data set, not stored yet."""
     tmp, out = finished
-    copy = tmp / "arrivals"
+    copy = tmp / name
     shutil.copytree(out, copy)
     data = pd.read_parquet(copy / "data" / "train.parquet")
     twin = int(read_candidates(copy / "candidates")["target_user_id"].iloc[0])
@@ -234,10 +232,22 @@ def test_events_stored_in_the_pool_after_the_run_rerun_matching_and_what_reads_i
     first = int(data["user_id"].max()) + 1
     sharer = int(assign_roles(np.arange(first, first + 100), roles.share_fraction, roles.salt).sharing_users[0])
     rows = data[data["user_id"] == twin]
-    arrived = rows.assign(user_id=sharer, event_id=[f"arrival-{k}" for k in range(len(rows))],
-                          timestamp=int(data["timestamp"].max()) + 1 + np.arange(len(rows)))
+    return copy, twin, sharer, rows.assign(user_id=sharer, event_id=[f"{tag}-{k}" for k in range(len(rows))],
+                                           timestamp=int(data["timestamp"].max()) + 1 + np.arange(len(rows)))
+
+
+def test_events_stored_in_the_pool_rerun_matching_and_only_the_devices_whose_inputs_changed(finished):
+    """``recfl run`` fingerprints its pool's content: a new sharing user who repeats a device user's events,
+    stored in ``OUT/pool`` as ``recfl stream consume --pool OUT/pool`` stores them, reruns the candidates, the
+    arms that read them and the report, and becomes that device user's first candidates. The device user is
+    personalized again; every device whose own events, test events and candidates are unchanged is taken over,
+    and the result is what personalizing every device again gives. A rerun after that skips everything."""
+    tmp, _ = finished
+    copy, twin, sharer, arrived = _twin_copy(finished, "arrivals", "arrival")
     with open_store(copy / "pool") as store:
-        assert store.append(arrived).written == len(rows)
+        assert store.append(arrived).written == len(arrived)
+    devices = {arm: pd.read_parquet(copy / f"arm-{arm}" / f"{arm}.devices" / "users.parquet").set_index("user_id")
+               for arm in ("coda", "coda-nofilter")}
     before = _stage_times(copy)
     assert main(["run", "--out", str(copy), "--config", str(_config(tmp))]) == 0
     after = _stage_times(copy)
@@ -246,8 +256,23 @@ def test_events_stored_in_the_pool_after_the_run_rerun_matching_and_what_reads_i
     candidates = read_candidates(copy / "candidates")
     mine = candidates[candidates["target_user_id"] == twin]
     assert mine["user_id"].iat[0] == sharer and set(arrived["event_id"]) <= set(mine["event_id"])
+    record = json.loads((copy / "run.json").read_text())["stages"]
+    for arm, earlier in devices.items():
+        now = pd.read_parquet(copy / f"arm-{arm}" / f"{arm}.devices" / "users.parquet").set_index("user_id")
+        assert not now.at[twin, "reused"] and not (copy / f"arm-{arm}.previous").exists()
+        assert (now["reused"] == (now["inputs"] == earlier["inputs"].reindex(now.index))).all()
+        assert 0 < record[f"arm-{arm}"]["reused_devices"] == int(now["reused"].sum()) < len(now)
+        reused = now.index[now["reused"]]
+        assert (now.loc[reused, "seconds"] == earlier.loc[reused, "seconds"]).all()  # taken over, not run
     assert main(["run", "--out", str(copy), "--config", str(_config(tmp))]) == 0
     assert _stage_times(copy) == after
+    scratch = tmp / "arrivals-scratch"
+    shutil.copytree(copy, scratch)
+    shutil.rmtree(scratch / "arm-coda")
+    assert main(["run", "--out", str(scratch), "--config", str(_config(tmp))]) == 0
+    assert json.loads((scratch / "run.json").read_text())["stages"]["arm-coda"]["reused_devices"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "arm-coda" / "coda.parquet"),
+                                  pd.read_parquet(scratch / "arm-coda" / "coda.parquet"))
 
 
 def test_the_live_loop_brings_events_produced_while_it_runs_into_its_next_cycle(finished, kafka_broker, topic, capsys):
@@ -290,6 +315,54 @@ def test_the_live_loop_brings_events_produced_while_it_runs_into_its_next_cycle(
     mine = read_candidates(copy / "candidates").query("target_user_id == @twin")
     assert mine["user_id"].iat[0] == sharer and {f"live-sharer-{k}" for k in range(len(rows))} <= set(mine["event_id"])
     assert not read_candidates(copy / "candidates")["event_id"].str.startswith("live-device").any()
+
+
+def test_a_live_loop_killed_mid_cycle_goes_on_when_started_again(finished, kafka_broker, topic, capsys):
+    """SIGKILL to the whole loop while the second cycle re-personalizes the coda arm (its window's events are in
+    the pool, some of its devices done), then ``recfl run --stream`` again: every event is in the pool once, the
+    cycle finishes from where it stopped (devices whose inputs are unchanged still taken over) and the next
+    cycle has nothing to do."""
+    tmp, _ = finished
+    copy, twin, sharer, events = _twin_copy(finished, "live-killed", "killed")
+    sent = [(str(sharer).encode(), {"schema": 1, **event})
+            for event in events.drop(columns="sampled").astype(object).to_dict("records")]
+    settings = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers, topic=topic)
+    ensure_topic(settings, topic, settings.partitions)
+    produce(sent, settings, topic)
+    stream = ["--stream", topic, "--bootstrap-servers", kafka_broker.bootstrap_servers]
+    first = json.loads((copy / "arm-coda" / "started.json").read_text())["fingerprint"]
+    devices = copy / "arm-coda" / "coda.devices"
+
+    def mid_coda() -> bool:
+        started = copy / "arm-coda" / "started.json"
+        return (started.is_file() and json.loads(started.read_text())["fingerprint"] != first and devices.is_dir()
+                and any(devices.glob("*.weights.npz")))
+
+    proc = subprocess.Popen([sys.executable, "-m", "recfl", "run", "--out", str(copy), "--config", str(_config(tmp)), *stream,
+                             "--every", "4s", "--cycles", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not mid_coda():
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (copy / "arm-coda" / "stage.json").exists() and (copy / "arm-coda.previous" / "stage.json").is_file()
+
+    def stored() -> pd.Series:
+        with open_store(copy / "pool") as store:
+            return store.read()["event_id"]
+
+    assert stored().str.startswith("killed-").sum() == len(sent)
+    capsys.readouterr()
+    assert main(["run", "--out", str(copy), "--config", str(_config(tmp)), *stream, "--every", "3s", "--cycles", "2"]) == 0
+    assert "stopped after cycle 2;" in capsys.readouterr().out
+    assert stored().str.startswith("killed-").sum() == len(sent) and stored().is_unique
+    record = json.loads((copy / "run.json").read_text())
+    assert set(record["stages"]) == {s.name for s in stages()} and not (copy / "arm-coda.previous").exists()
+    assert record["stages"]["arm-coda"]["reused_devices"] > 0
+    mine = read_candidates(copy / "candidates").query("target_user_id == @twin")
+    assert mine["user_id"].iat[0] == sharer and mine["event_id"].str.startswith("killed-").sum() == len(sent)
 
 
 def test_live_loop_mistakes_are_one_line_errors(finished, capsys):

@@ -13,6 +13,10 @@ stages it depends on. Fingerprints depend on settings, and on one piece of
 content: events stored in ``OUT/pool`` after its pool stage built it (e.g.
 ``recfl stream consume --pool OUT/pool``) enter the candidates' fingerprint,
 so matching, the arms that read candidates and the report run again on them.
+Such content is the one thing a stage's *recipe* (its fingerprint without
+:data:`CONTENT_KEYS`) leaves out: a stage that ``reuses`` (the candidate arms)
+and whose recipe is unchanged keeps its last outputs in ``OUT/<stage>.previous``
+while it reruns, and takes over every device whose inputs are unchanged.
 The whole plan is known before anything runs: a rerun skips a stage whose finished
 fingerprint matches, and at the start removes the outputs of every stage
 whose fingerprint changed (no stale report outlives the settings it came
@@ -95,6 +99,8 @@ STARTS = tuple(arm.model for arm in arms.ARMS if not arm.personalized)  # stages
 SEED_KEYS = ("model.init_seed", "train.seed", "federated.seed", "finetune.seed", "filter.seed")  # what --seeds sets
 SHARED_STAGES = ("data", "pool", "candidates")  # read no seed: the data split, the pool and the matching stay fixed
 LAYOUT = 2  # stage.json format; 2: result paths relative to the run folder (earlier stage.json files rerun once)
+CONTENT_KEYS = ("pool_version",)  # settings that are content, not recipe: a change may keep work of the last run
+PREVIOUS = ".previous"  # suffix of a stage's last outputs kept for its rerun (Stage.reuses)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,14 @@ class RunContext:
     results: dict[str, dict] = field(default_factory=dict)
     progress: bool = True  # progress bars on stderr
     fingerprints: dict[str, str] = field(default_factory=dict)  # the plan's so far: a stage's settings may read them
+    recipes: dict[str, str] = field(default_factory=dict)  # the plan's fingerprints without content keys
+
+    def previous(self, stage: str) -> Path | None:
+        """The last finished outputs of ``stage`` when only content it reads changed since (see :data:`CONTENT_KEYS`):
+        a stage that ``reuses`` them keeps each unit of work whose own inputs are unchanged."""
+        folder = self.out / (stage + PREVIOUS)
+        done = _read_json(folder / "stage.json")
+        return folder if done and done.get("recipe") == self.recipes.get(stage) else None
 
     def section(self, cls, name: str):
         return config.section(cls, self.doc, name)
@@ -157,10 +171,17 @@ class Stage:
     run: Callable[[RunContext, Path], dict]
     depends: tuple[str, ...] = ()
     check: Callable[[RunContext], None] | None = None
+    reuses: bool = False  # when only content changed, its last outputs are kept in ``<stage>.previous`` for ``run``
 
 
 def _fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _recipe(settings: dict, upstream: list[str]) -> str:
+    """A stage's fingerprint without the content keys of its settings (nor of its upstream's): equal when
+    only content changed."""
+    return _fingerprint({"settings": {k: v for k, v in settings.items() if k not in CONTENT_KEYS}, "upstream": upstream})
 
 
 # --- data, pool, cloud model -------------------------------------------------------------------------
@@ -281,6 +302,7 @@ def _arm_stage(arm: arms.Arm, start: str) -> Stage:
         model_dir = ctx.path(model_stage, "model_dir")
         pool_dir = ctx.path("pool", "pool_dir")
         predictions = out / f"{arm.name}.parquet"
+        previous = ctx.previous(name)
         summary = personalize(
             ctx.data, model_dir, device_arm, predictions, pool_dir=pool_dir,
             candidates=candidate_source(ctx.data, pool_dir, ctx.path("candidates", "candidates_dir"))
@@ -288,6 +310,7 @@ def _arm_stage(arm: arms.Arm, start: str) -> Stage:
             users=ctx.run.device_users or None, workers=ctx.run.workers,
             filter_config=ctx.section(FilterConfig, "filter"), finetune_config=ctx.section(FinetuneConfig, "finetune"),
             cache_dir=ctx.out / "tflite", progress=ctx.progress,
+            previous=previous / predictions.name if previous is not None else None,
         )
         table = pd.read_parquet(predictions)
         if device_arm is not arm:  # a federated model scored as the control is: the file carries the arm's own name
@@ -297,9 +320,11 @@ def _arm_stage(arm: arms.Arm, start: str) -> Stage:
         write_distributions(ctx.out / SUMMARIES / f"arm-{arm.name}",
                             device_results(table, pd.read_parquet(devices) if devices.is_file() else None))
         return {"predictions": ctx.portable(predictions), "users": summary["users"], "metrics": summary["metrics"],
-                **({"devices": summary["devices"]} if "devices" in summary else {})}
+                **({"devices": summary["devices"]} if "devices" in summary else {}),
+                **({"reused_devices": summary["reused_devices"]} if "reused_devices" in summary else {})}
 
-    return Stage(f"arm-{arm.name}", settings, run, depends=depends)
+    name = f"arm-{arm.name}"
+    return Stage(name, settings, run, depends=depends, reuses=arm.candidates and arm.personalized)
 
 
 def _ab_settings(ctx: RunContext) -> dict:
@@ -369,10 +394,11 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
         settings = json.loads(json.dumps(stage.settings(ctx), sort_keys=True, default=str))  # as stage.json records it
         plan[stage.name] = (_fingerprint({"settings": settings, "upstream": [plan[d][0] for d in stage.depends]}), settings)
         ctx.fingerprints[stage.name] = plan[stage.name][0]
+        ctx.recipes[stage.name] = _recipe(settings, [ctx.recipes[d] for d in stage.depends])
     _check_out(ctx.out, pipeline, plan, force)
     ctx.out.mkdir(parents=True, exist_ok=True)
     for stage in pipeline:
-        _drop_stale(ctx.out / stage.name, plan[stage.name][0])
+        _drop_stale(ctx.out / stage.name, plan[stage.name][0], ctx.recipes[stage.name] if stage.reuses else None)
     fingerprints = {name: fingerprint for name, (fingerprint, _) in plan.items()}
     _write_record(ctx, fingerprints)
     for number, stage in enumerate(pipeline, start=1):
@@ -389,8 +415,9 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
             started = time.time()
             _prepare_stage_dir(marker.parent, fingerprint, settings)
             result = stage.run(ctx, marker.parent)
-            write_json_atomic(marker, {"fingerprint": fingerprint, "layout": LAYOUT, "settings": settings, "result": result,
-                                       "seconds": round(time.time() - started, 2)})
+            write_json_atomic(marker, {"fingerprint": fingerprint, "recipe": ctx.recipes[stage.name], "layout": LAYOUT,
+                                       "settings": settings, "result": result, "seconds": round(time.time() - started, 2)})
+            shutil.rmtree(marker.parent.with_name(stage.name + PREVIOUS), ignore_errors=True)
             ctx.results[stage.name] = result
             log.info("%s: done in %.1fs", label, time.time() - started)
         if stage.check is not None:
@@ -526,10 +553,22 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _drop_stale(folder: Path, fingerprint: str) -> None:
+def _drop_stale(folder: Path, fingerprint: str, recipe: str | None = None) -> None:
     """Before anything runs: a finished stage whose settings changed is unfinished now; another fingerprint's
-    outputs go (a rerun would replace them anyway, and they must not outlive their settings if it stops early)."""
+    outputs go (a rerun would replace them anyway, and they must not outlive their settings if it stops early).
+
+    With a ``recipe`` (a stage that reuses work), finished outputs whose recipe is ``recipe`` (only content
+    changed) are moved to ``<stage>.previous`` instead, replacing older ones; kept outputs of another recipe go."""
     done = _read_json(folder / "stage.json")
+    kept = folder.with_name(folder.name + PREVIOUS)
+    if recipe is not None and done and done.get("fingerprint") != fingerprint and done.get("recipe") == recipe \
+            and done.get("layout") == LAYOUT:
+        shutil.rmtree(kept, ignore_errors=True)
+        folder.rename(kept)  # atomic: a crash leaves either the finished stage or its kept copy
+        shutil.rmtree(folder.parent / SUMMARIES / folder.name, ignore_errors=True)
+        return
+    if (_read_json(kept / "stage.json") or {}).get("recipe") != recipe:
+        shutil.rmtree(kept, ignore_errors=True)
     if done and (done.get("fingerprint") != fingerprint or done.get("layout") != LAYOUT):
         (folder / "stage.json").unlink()
     started = _read_json(folder / "started.json")
