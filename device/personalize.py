@@ -71,7 +71,7 @@ from recfl.core.features import Encoder, Examples
 from recfl.core.metrics import ctr_metrics
 from recfl.core.models import ModelParams, ModelSpec, load_model, predict
 from recfl.core.pool import load_split, open_store
-from recfl.core.schema import predictions_table
+from recfl.core.schema import marked, predictions_table
 from recfl.core.submodel import Submodel
 
 log = logging.getLogger(__name__)
@@ -428,8 +428,8 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
     for lo in range(0, len(users), CHUNK_USERS):
         chunk = users[lo : lo + CHUNK_USERS]
         matched = None
-        if arm.candidates:  # with sampled negatives for their positives when the data set's rule asks for them
-            matched = data.with_training_negatives(candidates(chunk), ("candidates",)).reset_index(drop=True)
+        if arm.candidates:
+            matched = with_candidate_negatives(data, candidates(chunk))
         if matched is not None:
             examples = encode(matched, pool)
             groups = matched.groupby("target_user_id", sort=False).indices
@@ -441,6 +441,19 @@ def device_tasks(data: PreparedDataset, spec: ModelSpec, users: np.ndarray, arm:
                 cands = empty.assign(similarity=np.zeros(0), target_user_id=np.zeros(0, np.int64))
                 cand_ex = Examples.empty(spec.features)
             yield DeviceTask(user, by_user_train.get(user, empty), by_user_test[user], cands, cand_ex)
+
+
+def with_candidate_negatives(data: PreparedDataset, matched: pd.DataFrame) -> pd.DataFrame:
+    """Candidates plus sampled negatives for their positives when the data set's rule asks for them, drawn once
+    per pool event: a pool event matched to several device users brings each of them the same negatives (drawn
+    per copy, one owner's positives at one timestamp would count once per device user that matched them)."""
+    if not data.train_negatives:
+        return matched.reset_index(drop=True)
+    targets = matched[["event_id", "target_user_id", "similarity"]].rename(columns={"event_id": "source"})
+    own = matched.drop(columns=["target_user_id", "similarity"]).drop_duplicates("event_id")
+    drawn = data.with_training_negatives(own.assign(source=own["event_id"]), ("candidates",))
+    negatives = drawn.iloc[len(own):].merge(targets, on="source").drop(columns="source")  # after ``own``, as drawn
+    return pd.concat([marked(matched), negatives[list(marked(matched).columns)]], ignore_index=True)
 
 
 def _encoder(data: PreparedDataset, spec: ModelSpec) -> Encoder:

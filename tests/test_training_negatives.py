@@ -11,6 +11,7 @@ from recfl.core.dataset import DataConfig, prepare
 from recfl.core.federated.clients import Population
 from recfl.core.formats import SyntheticSpec, load
 from recfl.core.models import ModelConfig, ModelSpec, vocabulary_sizes
+from device.personalize import with_candidate_negatives
 from recfl.core.train import training_examples
 
 
@@ -56,3 +57,21 @@ def test_federated_clients_get_negatives_per_round(data):
         assert plain[k].size == population.sizes()[k] and round3[k].size == plain[k].size + 2 * positives
         assert round3[k].user_id == plain[k].user_id
     assert any(not np.array_equal(a.submodel.rows["item"], b.submodel.rows["item"]) for a, b in zip(round3, round4))
+
+
+def test_a_pool_event_matched_to_many_devices_brings_each_the_same_negatives(data):
+    """Negatives of candidates are drawn once per pool event: 200 device users matched to one pool user's events
+    each get that user's negatives (before, the copies counted as 200 positives per timestamp, more than the
+    items the pool user has not touched, and the coda arms stopped with an error)."""
+    owner = data.train[(data.train["user_id"] == data.train["user_id"].iloc[0]) & (data.train["label"] == 1)]
+    targets = np.arange(10_000, 10_200)
+    matched = pd.concat([owner.assign(target_user_id=t, similarity=np.float32(1.0 / (1 + k))) for k, t in enumerate(targets)],
+                        ignore_index=True)
+    out = with_candidate_negatives(data, matched)
+    assert len(out) == len(matched) + 2 * len(matched) and out["sampled"].sum() == 2 * len(matched)
+    drawn = {t: sorted(g.loc[g["sampled"], "item_id"]) for t, g in out.groupby("target_user_id")}
+    assert len(drawn) == len(targets) and all(items == drawn[targets[0]] for items in drawn.values())
+    negatives = out[out["sampled"]]
+    assert not set(negatives["item_id"]) & set(data.train.loc[data.train["user_id"] == owner["user_id"].iloc[0], "item_id"])
+    similarity = negatives.groupby("target_user_id")["similarity"].first()
+    assert np.allclose(similarity.to_numpy(), matched.groupby("target_user_id")["similarity"].first().to_numpy())
