@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm import tqdm
 
 from device.sample_filter import (
@@ -127,10 +128,13 @@ class PreviousDevices:
         device_dir = predictions.with_name(predictions.stem + ".devices")
         if not predictions.is_file() or not (device_dir / "users.parquet").is_file():
             return None
-        per_user = pd.read_parquet(device_dir / "users.parquet")
-        if "inputs" not in per_user:
+        try:
+            per_user, scored = pd.read_parquet(device_dir / "users.parquet"), pd.read_parquet(predictions)
+        except (OSError, ValueError, pa.ArrowException) as error:  # damaged: every device runs again, nothing is lost
+            log.warning("%s: earlier devices unreadable (%s); personalizing every device again", predictions, error)
             return None
-        scored = pd.read_parquet(predictions)
+        if "inputs" not in per_user or "user_id" not in scored:
+            return None
         return cls({int(user): rows for user, rows in scored.groupby("user_id", sort=False)},
                    {int(row["user_id"]): row for row in per_user.to_dict("records")}, device_dir)
 
@@ -321,7 +325,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, poo
                        tflite_conversions=len(conversions(cache_dir)) - before)
         settings = WorkerSettings(arm, data.root, Path(model_dir), tflite_path, filter_config, finetune_config, device_dir)
         earlier = PreviousDevices.read(Path(previous)) if previous is not None else None
-        frames, reports, inputs, reused = [], [], {}, []
+        frames, reports, inputs = [], [], {}
         with tqdm(total=len(selected), desc=f"personalize {arm.name}", unit="user", disable=not progress) as bar:
 
             def fresh():
@@ -334,7 +338,6 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, poo
                         continue
                     frames.append(kept[0])
                     reports.append({**kept[1], "reused": True})
-                    reused.append(task.user_id)
                     bar.update(1)
 
             for frame, report in _run_all(fresh(), settings, workers):
@@ -342,7 +345,7 @@ def personalize(data: PreparedDataset, model_dir: Path, arm: Arm, out: Path, poo
                 frames.append(frame)
                 reports.append({**report, "inputs": inputs[report["user_id"]], "reused": False})
                 bar.update(1)
-        summary["reused_devices"] = len(reused)
+        summary["reused_devices"] = sum(report["reused"] for report in reports)
 
     predictions = pd.concat(frames, ignore_index=True) if frames else predictions_table(data.test.iloc[:0], np.zeros(0), arm.name)
     predictions = predictions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
@@ -453,7 +456,8 @@ def with_candidate_negatives(data: PreparedDataset, matched: pd.DataFrame) -> pd
     own = matched.drop(columns=["target_user_id", "similarity"]).drop_duplicates("event_id")
     drawn = data.with_training_negatives(own.assign(source=own["event_id"]), ("candidates",))
     negatives = drawn.iloc[len(own):].merge(targets, on="source").drop(columns="source")  # after ``own``, as drawn
-    return pd.concat([marked(matched), negatives[list(marked(matched).columns)]], ignore_index=True)
+    matched = marked(matched)
+    return pd.concat([matched, negatives[list(matched.columns)]], ignore_index=True)
 
 
 def _encoder(data: PreparedDataset, spec: ModelSpec) -> Encoder:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cloud_pool.matching import MatchConfig, write_candidates
-from device.personalize import ARMS, capacity_prefix
+from device.personalize import ARMS, PreviousDevices, capacity_prefix
 from device.tflite_trainer import conversions
 from recfl.app.cli import main
 from recfl.core.features import Examples
@@ -146,3 +146,17 @@ def test_capacity_keeps_the_leading_candidates_that_fit():
     assert fits(8, 8, cands.take(slice(0, 0))) == 0
     with pytest.raises(Exception, match="capacity"):
         fits(3, 8)
+
+
+def test_damaged_or_older_earlier_devices_are_run_again(tmp_path, caplog):
+    """Earlier outputs that cannot be read, or that predate input digests, take nothing over: every device runs."""
+    predictions = tmp_path / "coda.parquet"
+    devices = tmp_path / "coda.devices"
+    devices.mkdir()
+    assert PreviousDevices.read(predictions) is None  # none at all
+    predictions.write_bytes(b"PAR1 not a parquet file")
+    (devices / "users.parquet").write_bytes(b"\x00" * 64)
+    assert PreviousDevices.read(predictions) is None and "personalizing every device again" in caplog.text
+    pd.DataFrame({"user_id": [1], "score": [0.5]}).to_parquet(predictions)
+    pd.DataFrame({"user_id": [1], "seconds": [0.1]}).to_parquet(devices / "users.parquet")  # no digests: an older recfl
+    assert PreviousDevices.read(predictions) is None

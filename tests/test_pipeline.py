@@ -491,6 +491,12 @@ def test_an_out_folder_of_another_data_set_is_refused_unless_forced(finished, ca
     assert main(["run", "--out", str(foreign), "--config", str(_config(tmp)), "--force"]) == 2
     assert f"{foreign}: pool was not written by recfl run" in capsys.readouterr().err
     assert (foreign / "pool" / "notes.txt").read_text() == "mine"
+    kept = tmp / "foreign-kept"
+    (kept / "arm-coda.previous").mkdir(parents=True)  # where a rerun keeps the arm's last outputs
+    (kept / "arm-coda.previous" / "notes.txt").write_text("mine")
+    assert main(["run", "--out", str(kept), "--config", str(_config(tmp))]) == 2
+    assert f"{kept}: arm-coda.previous was not written by recfl run" in capsys.readouterr().err
+    assert (kept / "arm-coda.previous" / "notes.txt").read_text() == "mine"
 
 
 def _interrupt(cmd: list[str], ready, target: str) -> tuple[int, str]:

@@ -417,7 +417,8 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
             result = stage.run(ctx, marker.parent)
             write_json_atomic(marker, {"fingerprint": fingerprint, "recipe": ctx.recipes[stage.name], "layout": LAYOUT,
                                        "settings": settings, "result": result, "seconds": round(time.time() - started, 2)})
-            shutil.rmtree(marker.parent.with_name(stage.name + PREVIOUS), ignore_errors=True)
+            if stage.reuses:
+                shutil.rmtree(marker.parent.with_name(stage.name + PREVIOUS), ignore_errors=True)
             ctx.results[stage.name] = result
             log.info("%s: done in %.1fs", label, time.time() - started)
         if stage.check is not None:
@@ -523,10 +524,10 @@ def _check_out(out: Path, pipeline: tuple[Stage, ...], plan: dict[str, tuple[str
     if out.exists() and not out.is_dir():
         raise RecflError(f"--out {out}: exists and is not a folder")
     for stage in pipeline:
-        folder = out / stage.name
-        if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "started.json").is_file())):
-            raise RecflError(f"--out {out}: {folder.name} was not written by recfl run; give a new or empty folder "
-                             "(recfl replaces only its own stage folders)")
+        for folder in (out / stage.name, *((out / (stage.name + PREVIOUS),) if stage.reuses else ())):
+            if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "started.json").is_file())):
+                raise RecflError(f"--out {out}: {folder.name} was not written by recfl run; give a new or empty folder "
+                                 "(recfl replaces only its own stage folders)")
     if "data" not in plan or force:
         return
     done = _read_json(out / "data" / "stage.json") or {}

@@ -63,8 +63,9 @@ def run(size: str) -> list[Figure]:
         unchanged, _ = _timed(out, doc)
     users, devices = config.section(SyntheticSpec, doc, "synthetic").users, config.section(RunConfig, doc, "run").device_users
     what = f"synthetic {users:,} users, {devices} device users personalized; one run each"
-    again = "; ".join(f"{arm}: {r['users'] - r['reused_devices']} of {r['users']} devices personalized again"
-                      for arm, r in ((a.name, results[f"arm-{a.name}"]) for a in arms.ARMS if a.candidates))
+    arm_runs = {arm.name: results[f"arm-{arm.name}"] for arm in arms.ARMS if arm.candidates}
+    again = "; ".join(f"{name}: {r['users'] - r['reused_devices']} of {r['users']} devices personalized again"
+                      for name, r in arm_runs.items())
     return [Figure(BENCH, f"recfl run again after {NEW_FRACTION:.0%} new pool events ({added:,}): matching, the changed "
                           "devices of the candidate arms, report", rerun, "s", "the full run before it", full, f"{what}; {again}"),
             Figure(BENCH, "recfl run again with nothing new (every stage skipped)", unchanged, "s", "the full run before it",

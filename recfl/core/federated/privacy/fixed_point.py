@@ -26,7 +26,8 @@ def encode(value, low: float, high: float):
     import tensorflow as tf
 
     clipped = tf.clip_by_value(tf.cast(value, tf.float64), float(low), float(high))
-    return tf.clip_by_value(tf.cast(tf.round((clipped - float(low)) * _scale(low, high)), tf.int64), 0, TOP)
+    scaled = tf.cast(tf.round((clipped - float(low)) * _scale(low, high)), tf.int64)
+    return tf.clip_by_value(scaled, 0, TOP)  # float rounding at ``high`` must not step past the secure sum's range
 
 
 def decode(total, low: float, high: float, summands):
