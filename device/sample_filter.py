@@ -142,21 +142,6 @@ def _same_item(local_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return rows[:, None] == local_rows[None, :]
 
 
-def taste(items: ItemKnowledge, local_rows: np.ndarray, positive: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per sample (item ``rows``): the mean embedding of the user's positive items other than the sample's item."""
-    emb = items.item_embeddings[local_rows].astype(np.float64) * positive[:, None]
-    keep = ~_same_item(local_rows, rows) * positive[None, :]
-    return (keep @ emb) / np.maximum(keep.sum(axis=1), 1.0)[:, None]
-
-
-def category_shares(local_rows: np.ndarray, local_categories: np.ndarray, rows: np.ndarray,
-                    categories: np.ndarray) -> np.ndarray:
-    """Per sample: the share of the user's events (other than those of the sample's item) in its category."""
-    keep = ~_same_item(local_rows, rows)
-    same = keep & (categories[:, None] == local_categories[None, :])
-    return same.sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
-
-
 def features(events: pd.DataFrame, items: ItemKnowledge, names: tuple[str, ...], behaviors: pd.Index,
              history_mean: np.ndarray | None = None, context: dict | None = None) -> np.ndarray:
     """The classifier's feature matrix of canonical events: the ``names`` scalar columns in :data:`FEATURES`
@@ -216,9 +201,13 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig):
         "cat_smooth": 10.0, "seed": config.seed, "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1,
     }
     categorical = [k for k, name in enumerate(n for n in FEATURES if n in config.features) if name in CATEGORICAL]
-    data = lgb.Dataset(x, label=y, weight=weight, categorical_feature=categorical, free_raw_data=True)
-    # keep_training_booster: no round trip through the model's text form (a tenth of the filter's time)
-    return lgb.train(params, data, num_boost_round=config.rounds, keep_training_booster=True)
+    data = lgb.Dataset(x, label=y, weight=weight, categorical_feature=categorical, params=params, free_raw_data=True)
+    # the booster itself, not lgb.train: no copies of the parameters, callbacks or round trip through the model's
+    # text form, which cost a third of a filter with 20 rounds on a few hundred samples
+    booster = lgb.Booster(params, data)
+    for _ in range(config.rounds):
+        booster.update()
+    return booster
 
 
 def assign_folds(n: int, folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -262,12 +251,16 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     context = bool(set(USER_CONTEXT) & set(config.features))
     local_mean, candidate_mean = history_means(items, local_history), history_means(items, candidate_history)  # once, not per fold
 
+    if context:  # the sums per fold once; each model's features add up the folds it may use
+        local_parts, cand_parts = (FoldParts.of(local, local_fold, events, items, config.folds) for events in (local, candidates))
+        medians = median_times(local, local_fold, config.folds)
+
     def matrices(k: int) -> tuple[np.ndarray, np.ndarray]:
         """Every sample's features for the model of fold ``k`` (see :func:`user_context`)."""
         return (features(local, items, config.features, behaviors, local_mean,
-                         user_context(local, local_fold, local, local_fold, items, k) if context else None),
+                         user_context(local_parts, local_fold, medians, k) if context else None),
                 features(candidates, items, config.features, behaviors, candidate_mean,
-                         user_context(local, local_fold, candidates, cand_fold, items, k) if context else None))
+                         user_context(cand_parts, cand_fold, medians, k) if context else None))
 
     score, local_score = np.empty(n_cand), np.empty(n_local)
     for k in range(config.folds):
@@ -289,28 +282,53 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
     return FilterResult(keep, weight, score, cand_fold, local_fold, CLASSIFIER, oof_auc, time.perf_counter() - started)
 
 
-def user_context(local: pd.DataFrame, local_fold: np.ndarray, events: pd.DataFrame, fold: np.ndarray,
-                 items: ItemKnowledge, held_out: int) -> dict:
-    """What the user's own events say about each of ``events``, as the model of fold ``held_out`` sees it: its
-    taste vector (``taste``), category share (``share``) and the median time of the user's events
-    (``median_time``). Cross-fitted twice: an event of fold ``j`` is measured against the user's local events
-    outside fold ``j`` and outside fold ``held_out``. So a local sample is never part of what it is compared with
-    (membership alone would separate the classes), and nothing the model of fold ``held_out`` learns from depends
-    on that fold's local events (a training sample measured against them carries, through its fold-mates, how
-    many of them share its category: an out-of-fold AUC of 0.53 on indistinguishable data)."""
-    local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
-    rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
-    labels, categories = local["label"].to_numpy(np.float64), local["category_id"].to_numpy(np.int64)
-    event_categories, stamps = events["category_id"].to_numpy(np.int64), local["timestamp"].to_numpy(np.float64)
-    width = items.item_embeddings.shape[1] if items.item_embeddings is not None else 0
-    out = {"taste": np.zeros((len(events), width)), "share": np.zeros(len(events)), "median_time": np.zeros(len(events))}
-    for j in np.unique(fold):
-        ref, at = (local_fold != j) & (local_fold != held_out), fold == j
-        if width:
-            out["taste"][at] = taste(items, local_rows[ref], labels[ref], rows[at])
-        out["share"][at] = category_shares(local_rows[ref], categories[ref], rows[at], event_categories[at])
-        out["median_time"][at] = np.median(stamps[ref])
-    return out
+@dataclass(frozen=True, eq=False)
+class FoldParts:
+    """What each fold of the user's local events says about each sample, leaving out the events of the sample's
+    own item: the sums :func:`user_context` adds over the folds a model may use. Computed once per device, so the
+    twice cross-fitted context costs one pass over the local events instead of one per pair of folds."""
+
+    taste_sum: np.ndarray  # [samples, folds, d]: summed cloud embeddings of the fold's positive items
+    positives: np.ndarray  # [samples, folds]: how many positives that is
+    same_category: np.ndarray  # [samples, folds]: the fold's events in the sample's category
+    events: np.ndarray  # [samples, folds]: the fold's events
+
+    @classmethod
+    def of(cls, local: pd.DataFrame, local_fold: np.ndarray, events: pd.DataFrame, items: ItemKnowledge,
+           folds: int) -> FoldParts:
+        local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
+        rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
+        other = (~_same_item(local_rows, rows)).astype(np.float64)
+        positive = other * local["label"].to_numpy(np.float64)[None, :]
+        same = other * (events["category_id"].to_numpy(np.int64)[:, None] == local["category_id"].to_numpy(np.int64)[None, :])
+        member = (local_fold[:, None] == np.arange(folds)[None, :]).astype(np.float64)  # [local, folds]
+        width = items.item_embeddings.shape[1] if items.item_embeddings is not None else 0
+        emb = items.item_embeddings[local_rows].astype(np.float64) if width else np.zeros((len(local), 0))
+        taste_sum = np.stack([positive[:, local_fold == f] @ emb[local_fold == f] for f in range(folds)], axis=1)
+        return cls(taste_sum, positive @ member, same @ member, other @ member)
+
+
+def user_context(parts: FoldParts, fold: np.ndarray, median_time: np.ndarray, held_out: int) -> dict:
+    """What the user's own events say about each sample (of ``parts``, in folds ``fold``), as the model of fold
+    ``held_out`` sees it: its taste vector (``taste``, the mean embedding of the user's positive items other than
+    the sample's), category share (``share``, of the user's events other than the sample's item) and the median
+    time of the user's events (``median_time[j, k]``: of the local events outside folds ``j`` and ``k``).
+    Cross-fitted twice: an event of fold ``j`` is measured against the user's local events outside fold ``j``
+    and outside fold ``held_out``. So a local sample is never part of what it is compared with (membership
+    alone would separate the classes), and nothing the model of fold ``held_out`` learns from depends on that
+    fold's local events (a training sample measured against them carries, through its fold-mates, how many of
+    them share its category: an out-of-fold AUC of 0.53 on indistinguishable data)."""
+    folds = np.arange(parts.positives.shape[1])
+    use = ((folds[None, :] != fold[:, None]) & (folds[None, :] != held_out)).astype(np.float64)
+    taste = np.einsum("nf,nfd->nd", use, parts.taste_sum) / np.maximum((use * parts.positives).sum(axis=1), 1.0)[:, None]
+    share = (use * parts.same_category).sum(axis=1) / np.maximum((use * parts.events).sum(axis=1), 1.0)
+    return {"taste": taste, "share": share, "median_time": median_time[fold, held_out]}
+
+
+def median_times(local: pd.DataFrame, local_fold: np.ndarray, folds: int) -> np.ndarray:
+    """``[j, k]``: the median time of the user's local events outside folds ``j`` and ``k``."""
+    stamps = local["timestamp"].to_numpy(np.float64)
+    return np.array([[np.median(stamps[(local_fold != j) & (local_fold != k)]) for k in range(folds)] for j in range(folds)])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,10 +11,14 @@ from device.sample_filter import (
     FALLBACK,
     NO_CANDIDATES,
     FilterConfig,
+    FoldParts,
     ItemKnowledge,
+    assign_folds,
     features,
     filter_candidates,
     fit_classifier,
+    median_times,
+    user_context,
 )
 from recfl.core.errors import RecflError
 from recfl.core.metrics import auc
@@ -160,3 +164,29 @@ def test_tiny_users_take_the_fallback_path():
 def test_bad_filter_config_is_one_clear_error(kwargs, message):
     with pytest.raises(RecflError, match=message):
         FilterConfig(**kwargs)
+
+
+def test_user_context_sums_per_fold_equal_measuring_each_pair_of_folds_directly():
+    """Taste and category share from per-fold sums (computed once per device) equal the direct definition: for
+    the model of fold k, a sample of fold j against the user's positives (taste) and events (share) outside folds
+    j and k, other than those of the sample's item."""
+    rng = np.random.default_rng(11)
+    local = _events(rng, 40, np.arange(0, 30), np.arange(0, 4))
+    cands = _events(rng, 90, np.arange(0, 60), np.arange(0, 6), user=2)
+    folds = 3
+    local_fold, cand_fold = assign_folds(len(local), folds, rng), assign_folds(len(cands), folds, rng)
+    parts = FoldParts.of(local, local_fold, cands, KNOWLEDGE, folds)
+    medians = median_times(local, local_fold, folds)
+    local_rows = KNOWLEDGE.item_vocab.lookup(local["item_id"].to_numpy())
+    emb = KNOWLEDGE.item_embeddings.astype(np.float64)
+    for k in range(folds):
+        got = user_context(parts, cand_fold, medians, k)
+        for i, row in enumerate(cands.itertuples()):
+            ref = (local_fold != cand_fold[i]) & (local_fold != k) & (local["item_id"].to_numpy() != row.item_id)
+            positives = ref & (local["label"].to_numpy() == 1)
+            want = emb[local_rows[positives]].mean(axis=0) if positives.any() else np.zeros(emb.shape[1])
+            np.testing.assert_allclose(got["taste"][i], want, atol=1e-12)
+            share = (local["category_id"].to_numpy()[ref] == row.category_id).mean() if ref.any() else 0.0
+            assert got["share"][i] == pytest.approx(share)
+            outside = (local_fold != cand_fold[i]) & (local_fold != k)
+            assert got["median_time"][i] == np.median(local["timestamp"].to_numpy()[outside])
