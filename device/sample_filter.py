@@ -298,14 +298,19 @@ class FoldParts:
            folds: int) -> FoldParts:
         local_rows = items.item_vocab.lookup(local["item_id"].to_numpy(np.int64))
         rows = items.item_vocab.lookup(events["item_id"].to_numpy(np.int64))
-        other = (~_same_item(local_rows, rows)).astype(np.float64)
-        positive = other * local["label"].to_numpy(np.float64)[None, :]
-        same = other * (events["category_id"].to_numpy(np.int64)[:, None] == local["category_id"].to_numpy(np.int64)[None, :])
-        member = (local_fold[:, None] == np.arange(folds)[None, :]).astype(np.float64)  # [local, folds]
+        # [samples, local] masks stay boolean: only one fold's slice at a time becomes float, for its matrix product
+        other = ~_same_item(local_rows, rows)
+        positive = other & (local["label"].to_numpy() == 1)[None, :]
+        same = other & (events["category_id"].to_numpy(np.int64)[:, None] == local["category_id"].to_numpy(np.int64)[None, :])
         width = items.item_embeddings.shape[1] if items.item_embeddings is not None else 0
         emb = items.item_embeddings[local_rows].astype(np.float64) if width else np.zeros((len(local), 0))
-        taste_sum = np.stack([positive[:, local_fold == f] @ emb[local_fold == f] for f in range(folds)], axis=1)
-        return cls(taste_sum, positive @ member, same @ member, other @ member)
+        members = [local_fold == f for f in range(folds)]
+
+        def per_fold(mask: np.ndarray) -> np.ndarray:
+            return np.stack([mask[:, m].sum(axis=1) for m in members], axis=1).astype(np.float64)
+
+        taste_sum = np.stack([positive[:, m].astype(np.float64) @ emb[m] for m in members], axis=1)
+        return cls(taste_sum, per_fold(positive), per_fold(same), per_fold(other))
 
 
 def user_context(parts: FoldParts, fold: np.ndarray, median_time: np.ndarray, held_out: int) -> dict:
