@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,9 @@ from recfl.core.config import check_limits
 from recfl.core.errors import RecflError
 from recfl.core.metrics import auc
 from recfl.core.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from device.gbdt import NativeBooster
 
 CLASSIFIER, FALLBACK, NO_CANDIDATES = "classifier", "fallback", "no_candidates"
 CATEGORICAL = ("item", "category", "behavior")
@@ -102,6 +106,11 @@ class FilterConfig:
         unknown = sorted(set(self.features) - set(FEATURES))
         if unknown or not self.features:
             raise RecflError(f"filter.features: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURES)}")
+        context = [name for name in self.features if name in USER_CONTEXT]
+        if context and self.folds < 3:
+            raise RecflError(f"filter.folds must be >= 3 with the user-context features ({', '.join(context)}), got "
+                             f"{self.folds}: with 2 folds the model of one fold has no local events left to measure its "
+                             "training samples against (they are cross-fitted twice)")
 
 
 @dataclass(frozen=True)
@@ -189,9 +198,9 @@ def history_means(items: ItemKnowledge, history: np.ndarray | None) -> np.ndarra
     return (items.item_embeddings[history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
 
 
-def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig):
+def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig) -> NativeBooster:
     """A LightGBM booster on ``x``/``y`` with classes weighted to equal totals (deterministic, one thread)."""
-    import lightgbm as lgb
+    from device.gbdt import NativeBooster  # imports lightgbm: only devices that train a classifier pay for it
 
     n_pos, n_neg = float((y == 1).sum()), float((y == 0).sum())
     weight = np.where(y == 1, 0.5 / n_pos, 0.5 / n_neg) * len(y)
@@ -201,13 +210,10 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, config: FilterConfig):
         "cat_smooth": 10.0, "seed": config.seed, "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1,
     }
     categorical = [k for k, name in enumerate(n for n in FEATURES if n in config.features) if name in CATEGORICAL]
-    data = lgb.Dataset(x, label=y, weight=weight, categorical_feature=categorical, params=params, free_raw_data=True)
-    # the booster itself, not lgb.train: no copies of the parameters, callbacks or round trip through the model's
-    # text form, which cost a third of a filter with 20 rounds on a few hundred samples
-    booster = lgb.Booster(params, data)
-    for _ in range(config.rounds):
-        booster.update()
-    return booster
+    if categorical:
+        params["categorical_feature"] = categorical
+    # LightGBM's C API, not lgb.Dataset/lgb.Booster: the wrapper's Python costs more than the fit here (device/gbdt.py)
+    return NativeBooster(x, y, weight, params, config.rounds)
 
 
 def assign_folds(n: int, folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -245,7 +251,8 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
         return FilterResult(keep, keep.astype(np.float64), np.full(n_cand, np.nan), none, np.full(n_local, -1), FALLBACK,
                             float("nan"), time.perf_counter() - started)
 
-    behaviors = pd.Index(sorted(set(_behavior(local)) | set(_behavior(candidates))))
+    behaviors = (pd.Index(sorted(set(_behavior(local)) | set(_behavior(candidates)))) if "behavior" in config.features
+                 else pd.Index([]))  # the behaviour codes, only when a feature uses them
     rng = np.random.default_rng(config.seed)
     local_fold, cand_fold = assign_folds(n_local, config.folds, rng), assign_folds(n_cand, config.folds, rng)
     context = bool(set(USER_CONTEXT) & set(config.features))
@@ -271,7 +278,8 @@ def filter_candidates(local: pd.DataFrame, candidates: pd.DataFrame, items: Item
         booster = fit_classifier(train_x, train_y, config)
         held_out = (cand_fold == k).sum()
         # one call on one thread: LightGBM's default thread pool costs more than scoring a fold (13 ms a call)
-        scored = booster.predict(np.vstack([x_cand[cand_fold == k], x_local[local_fold == k]]), num_threads=1)
+        scored = booster.predict(np.vstack([x_cand[cand_fold == k], x_local[local_fold == k]]))
+        booster.close()
         score[cand_fold == k], local_score[local_fold == k] = scored[:held_out], scored[held_out:]
     if config.rule == "top_fraction":
         keep = keep_top(score, config.keep_fraction)

@@ -160,6 +160,7 @@ def test_tiny_users_take_the_fallback_path():
 @pytest.mark.parametrize("kwargs,message", [
     ({"rule": "best"}, "filter.rule"), ({"fallback": "none"}, "filter.fallback"), ({"folds": 1}, "filter.folds"),
     ({"features": ("item", "colour")}, "filter.features"), ({"keep_fraction": 1.5}, "filter.keep_fraction"),
+    ({"folds": 2}, "filter.folds must be >= 3 with the user-context features"),
 ])
 def test_bad_filter_config_is_one_clear_error(kwargs, message):
     with pytest.raises(RecflError, match=message):
