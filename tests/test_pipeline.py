@@ -377,6 +377,21 @@ def test_live_loop_mistakes_are_one_line_errors(finished, capsys):
     assert not (tmp / "never").exists()
 
 
+def test_fine_tuning_mistakes_are_one_line_errors_before_anything_runs(finished, capsys):
+    """Issue 12's settings: an unknown loss or weight group, a negative pull, or a pull SGD cannot follow."""
+    tmp, _ = finished
+    for setting, message in (("finetune.loss=\"listwise\"", "finetune.loss = 'listwise': choose one of pointwise"),
+                             ("finetune.trainable=[\"heads\"]", "finetune.trainable: unknown ['heads']; choose from"),
+                             ("finetune.trainable=[]", "finetune.trainable: unknown empty list"),
+                             ("finetune.elastic=-1", "finetune.elastic = -1.0 must be >= 0"),
+                             ("finetune.elastic=10", "finetune.elastic * finetune.learning_rate = 2 must be < 2"),
+                             ("finetune.schedule=\"interleaved\"", "finetune.schedule = 'interleaved': choose one of")):
+        assert main(["run", "--out", str(tmp / "never"), "--config", str(_config(tmp)), "--set", setting]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("recfl: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp / "never").exists()
+
+
 def test_a_setting_reruns_only_the_stages_that_read_it(finished):
     """The filter is read by the coda arm alone; the number of device worker processes changes no result."""
     _, rerun = _rerun_copy(finished, "filter", "filter.keep_fraction=0.3", "run.workers=1")
