@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset
-from tools.coda_experiment import Grid, main, markdown
+from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown
 
 from test_pipeline import TINY
 
@@ -40,6 +41,9 @@ def test_the_grid_runs_each_variant_on_validation_and_reruns_only_what_a_variant
     same = table.set_index(["variant", "control", "arm"])["lift"]
     assert same[("defaults", "cloud", "local")] == same[("keep 30%", "cloud", "local")]  # the local arm did not rerun
     assert "| keep 30% | coda |" in capsys.readouterr().out
+    assert not (out / "validation-vs-test.md").exists()
+    assert main(["--grid", str(grid), "--out", str(out), "--split", "test", "--bootstrap", "50"]) == 0
+    assert "| defaults | coda | cloud |" in (out / "validation-vs-test.md").read_text()
 
 
 def test_a_bad_grid_is_one_line(tmp_path, capsys):
@@ -65,3 +69,25 @@ def test_every_shipped_grid_names_a_valid_config_and_valid_settings():
             doc = load_config(Path(__file__).parents[1] / grid.config, list(variant.sets))
             for name, cls in SECTIONS.items():
                 config.section(cls, doc, name)
+
+
+def test_agreement_counts_each_distinct_lift_once_and_measures_both_splits():
+    def table(lifts):
+        return pd.DataFrame([{"variant": v, "control": c, "arm": a, "lift": x} for (v, c, a), x in lifts.items()])
+
+    val = table({("a", "cloud", "coda"): 0.01, ("b", "cloud", "coda"): 0.02, ("c", "cloud", "coda"): 0.04,
+                 ("a", "cloud", "fedavg"): 0.03, ("b", "cloud", "fedavg"): 0.03,  # unchanged by the variant: once
+                 ("a", "local", "coda"): 0.01, ("b", "local", "coda"): -0.01, ("only-val", "cloud", "coda"): 0.5})
+    test = table({("a", "cloud", "coda"): 0.005, ("b", "cloud", "coda"): 0.01, ("c", "cloud", "coda"): 0.02,
+                  ("a", "cloud", "fedavg"): -0.01, ("b", "cloud", "fedavg"): -0.01,
+                  ("a", "local", "coda"): 0.002, ("b", "local", "coda"): 0.003})
+    pairs, stats = agreement(val, test)
+    assert len(pairs) == 6 and "only-val" not in set(pairs["variant"])
+    cloud, local = stats.set_index("control").loc["cloud"], stats.set_index("control").loc["local"]
+    x, y = np.array([0.01, 0.02, 0.04, 0.03]), np.array([0.005, 0.01, 0.02, -0.01])
+    assert cloud["lifts"] == 4 and cloud["sign_agrees"] == 3
+    assert cloud["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1]) and cloud["slope"] == pytest.approx(np.polyfit(x, y, 1)[0])
+    assert cloud["spearman"] == pytest.approx(0.4)  # ranks 1 2 4 3 against 2 3 4 1: 1 - 6 * 6 / (4 * 15)
+    assert local["lifts"] == 2 and local["sign_agrees"] == 1 and np.isnan(local["pearson"])  # too few to correlate
+    text = agreement_markdown(pairs, stats, "gauc")
+    assert "| cloud | 4 |" in text and "3 of 4 |" in text and "| b | coda | local | -0.0100 | +0.0030 |" in text

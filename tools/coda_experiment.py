@@ -24,7 +24,9 @@ variant's seed folders seed the others', so a variant reruns only the stages
 whose settings it changes. Every arm is then compared with each control
 (``cloud`` and ``local``) pooled over the seeds (a two-level bootstrap over
 seeds and users, :func:`ab_testing.evaluate.evaluate_seeds`), and the table
-goes to ``OUT/SPLIT/results.md`` and ``results.csv``.
+goes to ``OUT/SPLIT/results.md`` and ``results.csv``. Once both splits have
+run, ``OUT/validation-vs-test.md`` says how well validation predicted test
+(:func:`agreement`): the measurement behind trusting a validation choice.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ab_testing.evaluate import AbConfig, evaluate_seeds
@@ -153,6 +156,39 @@ def markdown(table: pd.DataFrame, metric: str, split: str, seeds: tuple[int, ...
     return "\n".join(lines) + "\n"
 
 
+def agreement(val: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How well validation lifts predict test lifts: the matched lifts, and per control their Pearson and Spearman
+    correlation, the least-squares slope of test on validation and how often the signs agree.
+
+    An arm a variant does not change (the federated models, ``local`` under a filter setting) has the same lifts in
+    every variant; it is counted once, so repeats do not inflate the correlation."""
+    keys = ["control", "arm", "variant"]
+    pairs = val[keys + ["lift"]].merge(test[keys + ["lift"]], on=keys, suffixes=("_val", "_test"))
+    pairs = pairs.drop_duplicates(["control", "arm", "lift_val", "lift_test"]).reset_index(drop=True)
+    stats = []
+    for control, group in pairs.groupby("control", sort=True):
+        x, y = group["lift_val"], group["lift_test"]
+        varied = len(group) >= 3 and x.std() > 0 and y.std() > 0
+        stats.append({"control": control, "lifts": len(group),
+                      "pearson": x.corr(y) if varied else float("nan"),
+                      "spearman": x.corr(y, method="spearman") if varied else float("nan"),
+                      "slope": ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum() if varied else float("nan"),
+                      "sign_agrees": int((np.sign(x) == np.sign(y)).sum())})
+    return pairs, pd.DataFrame(stats)
+
+
+def agreement_markdown(pairs: pd.DataFrame, stats: pd.DataFrame, metric: str) -> str:
+    """The comparison of both splits: one line per control, then every matched lift."""
+    lines = [f"Validation vs test, {metric} lifts (each distinct pair of lifts once).", "",
+             "| vs | lifts | Pearson r | Spearman | slope (test on validation) | sign agrees |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['control']} | {r['lifts']} | {r['pearson']:+.2f} | {r['spearman']:+.2f} | {r['slope']:+.2f} | "
+              f"{r['sign_agrees']} of {r['lifts']} |" for r in stats.to_dict("records")]
+    lines += ["", "| variant | arm | vs | validation | test |", "|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['arm']} | {r['control']} | {r['lift_val']:+.4f} | {r['lift_test']:+.4f} |"
+              for r in pairs.to_dict("records")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.coda_experiment", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", required=True, type=Path, help="the grid file (see the module docstring)")
@@ -181,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(table, args.metric, args.split, grid.seeds)
     (root / "results.md").write_text(text)
     print(text)
+    other = args.out / ("test" if args.split == "val" else "val") / "results.csv"
+    if other.is_file():  # both splits ran: how well does validation predict test?
+        val, test = (table, pd.read_csv(other)) if args.split == "val" else (pd.read_csv(other), table)
+        text = agreement_markdown(*agreement(val, test), args.metric)
+        (args.out / "validation-vs-test.md").write_text(text)
+        print(text)
     return 0
 
 
