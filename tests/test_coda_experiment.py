@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
@@ -77,17 +78,18 @@ def test_agreement_counts_each_distinct_lift_once_and_measures_both_splits():
 
     val = table({("a", "cloud", "coda"): 0.01, ("b", "cloud", "coda"): 0.02, ("c", "cloud", "coda"): 0.04,
                  ("a", "cloud", "fedavg"): 0.03, ("b", "cloud", "fedavg"): 0.03,  # unchanged by the variant: once
-                 ("a", "local", "coda"): 0.01, ("b", "local", "coda"): -0.01, ("only-val", "cloud", "coda"): 0.5})
+                 ("a", "local", "coda"): 0.01, ("b", "local", "coda"): -0.01, ("only-val", "cloud", "coda"): 0.5,
+                 ("a", "cloud", "local"): 0.05, ("a", "local", "cloud"): -0.05})  # the mirror of local vs cloud: left out
     test = table({("a", "cloud", "coda"): 0.005, ("b", "cloud", "coda"): 0.01, ("c", "cloud", "coda"): 0.02,
                   ("a", "cloud", "fedavg"): -0.01, ("b", "cloud", "fedavg"): -0.01,
-                  ("a", "local", "coda"): 0.002, ("b", "local", "coda"): 0.003})
+                  ("a", "local", "coda"): 0.002, ("b", "local", "coda"): 0.003, ("a", "cloud", "local"): 0.02, ("a", "local", "cloud"): -0.02})
     pairs, stats = agreement(val, test)
-    assert len(pairs) == 6 and "only-val" not in set(pairs["variant"])
+    assert len(pairs) == 7 and "only-val" not in set(pairs["variant"])
     cloud, local = stats.set_index("control").loc["cloud"], stats.set_index("control").loc["local"]
-    x, y = np.array([0.01, 0.02, 0.04, 0.03]), np.array([0.005, 0.01, 0.02, -0.01])
-    assert cloud["lifts"] == 4 and cloud["sign_agrees"] == 3
+    x, y = np.array([0.01, 0.02, 0.04, 0.03, 0.05]), np.array([0.005, 0.01, 0.02, -0.01, 0.02])
+    assert cloud["lifts"] == 5 and cloud["sign_agrees"] == 4
     assert cloud["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1]) and cloud["slope"] == pytest.approx(np.polyfit(x, y, 1)[0])
-    assert cloud["spearman"] == pytest.approx(0.4)  # ranks 1 2 4 3 against 2 3 4 1: 1 - 6 * 6 / (4 * 15)
+    assert cloud["spearman"] == pytest.approx(spearmanr(x, y).correlation)
     assert local["lifts"] == 2 and local["sign_agrees"] == 1 and np.isnan(local["pearson"])  # too few to correlate
     text = agreement_markdown(pairs, stats, "gauc")
-    assert "| cloud | 4 |" in text and "3 of 4 |" in text and "| b | coda | local | -0.0100 | +0.0030 |" in text
+    assert "| cloud | 5 |" in text and "4 of 5 |" in text and "| b | coda | local | -0.0100 | +0.0030 |" in text

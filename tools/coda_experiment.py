@@ -161,9 +161,12 @@ def agreement(val: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
     correlation, the least-squares slope of test on validation and how often the signs agree.
 
     An arm a variant does not change (the federated models, ``local`` under a filter setting) has the same lifts in
-    every variant; it is counted once, so repeats do not inflate the correlation."""
+    every variant; it is counted once, so repeats do not inflate the correlation. A control against the other
+    (``cloud`` vs ``local``) mirrors a lift already counted and is left out."""
     keys = ["control", "arm", "variant"]
     pairs = val[keys + ["lift"]].merge(test[keys + ["lift"]], on=keys, suffixes=("_val", "_test"))
+    mirror = [a in CONTROLS and CONTROLS.index(a) < CONTROLS.index(c) for a, c in zip(pairs["arm"], pairs["control"])]
+    pairs = pairs[~np.array(mirror, bool)]
     pairs = pairs.drop_duplicates(["control", "arm", "lift_val", "lift_test"]).reset_index(drop=True)
     stats = []
     for control, group in pairs.groupby("control", sort=True):
