@@ -204,6 +204,40 @@ def test_sampling_is_seeded_and_respects_availability():
     assert sample_clients(0, 5, 10, always, 0).tolist() == [0, 1, 2, 3, 4]
 
 
+class Killed(Exception):
+    """Stands in for a SIGKILL at one exact point of a round."""
+
+
+def test_a_kill_on_either_side_of_a_checkpoint_loses_and_repeats_no_round(small_data, tmp_path, monkeypatch):
+    """Killed just before or just after round 4's checkpoint, with a metrics line cut short on top: --resume gives
+    every round's line once and the uninterrupted model (a kill between them once lost round 4's line)."""
+    from recfl.app.cli import main
+    from recfl.core.federated import simulate as sim
+
+    save = sim._save_checkpoint
+    run = lambda out, *extra: main(["simulate", "--data", str(small_data.root), "--out", str(out), *SIM_ARGS, *extra])
+    assert run(tmp_path / "full") == 0
+    for after in (False, True):
+        def dying(path, state, after=after):
+            if state.round == 4 and not after:
+                raise Killed
+            save(path, state)
+            if state.round == 4 and after:
+                raise Killed
+
+        killed = tmp_path / f"killed-{'after' if after else 'before'}"
+        monkeypatch.setattr(sim, "_save_checkpoint", dying)
+        with pytest.raises(Killed):
+            run(killed)
+        monkeypatch.setattr(sim, "_save_checkpoint", save)
+        with (killed / "metrics.jsonl").open("a") as handle:
+            handle.write('{"round": 5, "train_lo')
+        assert run(killed, "--resume") == 0
+        assert metrics_rounds(killed) == list(range(1, 7)), after
+        for a, b in zip(final_params(tmp_path / "full"), final_params(killed)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_path):
     """A simulation SIGKILLed mid-run takes its local worker down (and its socket's folder), and
     --resume ends with the model of an uninterrupted run."""

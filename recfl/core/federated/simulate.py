@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +129,15 @@ def _start(spec: ModelSpec, model_config: ModelConfig, init: Path | None) -> Mod
 
 
 def _metric_lines(path: Path, upto: int) -> list[str]:
-    """Lines of ``metrics.jsonl`` for rounds <= ``upto`` (a resume drops the rest)."""
+    """Lines of ``metrics.jsonl`` for rounds <= ``upto``: a resume drops the rest, which the checkpoint never
+    committed (a line is written before its round's checkpoint), a line cut short by a kill included."""
     if not path.is_file():
         return []
-    return [line for line in path.read_text().splitlines() if line and json.loads(line)["round"] <= upto]
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # the last write did not finish: its round was never checkpointed
+    return [line for line in lines if line and json.loads(line)["round"] <= upto]
 
 
 def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedConfig(), model_config: ModelConfig = ModelConfig(),
@@ -228,9 +234,11 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
                 scores = predict(spec, state.params, test.inputs())
                 evaluation = ctr_metrics(test.user_id, test.label, scores)
                 record.update(test_auc=evaluation["auc"], test_gauc=evaluation["gauc"], test_logloss=evaluation["logloss"])
-            _save_checkpoint(checkpoint, state)
-            with metrics_path.open("a") as handle:
+            with metrics_path.open("a") as handle:  # before the checkpoint, durably: a committed round always has its line
                 handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            _save_checkpoint(checkpoint, state)
             board.write(record)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.train_loss:.4f}", **({"auc": f"{record['test_auc']:.4f}"} if "test_auc" in record else {}))
