@@ -75,8 +75,8 @@ class FinetuneConfig:
         if self.ops not in OPS:
             raise RecflError(f"finetune.ops = {self.ops!r}: choose one of {', '.join(OPS)}")
         self.objective  # validates loss, elastic and trainable
-        if self.learning_rate * self.elastic >= 2:  # each step scales the distance to the anchor by 1 - lr * elastic
-            raise RecflError(f"finetune.elastic * finetune.learning_rate = {self.elastic * self.learning_rate:g} must be "
+        if (pull := self.learning_rate * self.elastic) >= 2:  # each step scales the distance to the anchor by 1 - pull
+            raise RecflError(f"finetune.elastic * finetune.learning_rate = {pull:g} must be "
                              "< 2: each SGD step multiplies the distance to the global weights by 1 - learning_rate * "
                              "elastic, so the pull would push the weights away from them; lower one of the two")
 

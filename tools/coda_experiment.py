@@ -175,7 +175,7 @@ def agreement(val: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
         stats.append({"control": control, "lifts": len(group),
                       "pearson": x.corr(y) if varied else float("nan"),
                       "spearman": x.corr(y, method="spearman") if varied else float("nan"),
-                      "slope": ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum() if varied else float("nan"),
+                      "slope": x.cov(y) / x.var() if varied else float("nan"),  # least squares of test on validation
                       "sign_agrees": int((np.sign(x) == np.sign(y)).sum())})
     return pairs, pd.DataFrame(stats)
 

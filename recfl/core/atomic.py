@@ -1,4 +1,4 @@
-"""Atomic file writes: write beside the target, then rename, so a reader never sees half a file."""
+"""Atomic file writes (write beside the target, then rename, so a reader never sees half a file) and durable appends."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def fsync_path(path: str | Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def append_line_durable(path: str | Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` and fsync it, so it is on the disk before anything written next."""
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recfl.core import config, interrupts
-from recfl.core.atomic import atomic_path, write_json_atomic
+from recfl.core.atomic import append_line_durable, atomic_path, write_json_atomic
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
 from recfl.core.features import Encoder
@@ -234,10 +233,7 @@ def _run_rounds(out: Path, fed: FederatedConfig, spec: ModelSpec, model_config: 
                 scores = predict(spec, state.params, test.inputs())
                 evaluation = ctr_metrics(test.user_id, test.label, scores)
                 record.update(test_auc=evaluation["auc"], test_gauc=evaluation["gauc"], test_logloss=evaluation["logloss"])
-            with metrics_path.open("a") as handle:  # before the checkpoint, durably: a committed round always has its line
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_line_durable(metrics_path, json.dumps(record))  # before the checkpoint: a committed round has its line
             _save_checkpoint(checkpoint, state)
             board.write(record)
             bar.update(1)
