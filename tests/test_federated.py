@@ -238,6 +238,34 @@ def test_a_kill_on_either_side_of_a_checkpoint_loses_and_repeats_no_round(small_
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "metrics.jsonl").write_text('{"round": 1}\nnot json\n{"round": 3}\n'), "JSONDecodeError"),
+    (lambda d: (d / "metrics.jsonl").write_text('{"loss": 1}\n'), "KeyError: 'round'"),
+    (lambda d: (d / "metrics.jsonl").write_text('[1]\n'), "TypeError"),
+    (lambda d: (d / "metrics.jsonl").write_bytes(b"\xff\xfe\n"), "UnicodeDecodeError"),
+    (lambda d: (d / "checkpoint.npz").write_bytes(b"garbage"), "checkpoint.npz cannot be read"),
+    (lambda d: np.savez(d / "checkpoint.npz", round=np.int64(2), arr_0=np.zeros(3)), "checkpoint.npz holds weights of shapes"),
+    (lambda d: (d / "heat.npz").write_bytes(b""), "heat.npz cannot be read"),
+])
+def test_a_damaged_run_folder_is_one_line_on_resume(small_data, tmp_path_factory, tmp_path, capsys, damage, message):
+    """What --resume reads back (metrics lines, checkpoint, heat counts), damaged by hand or disk: one line, exit 2."""
+    import shutil
+
+    from recfl.app.cli import main
+
+    base = tmp_path_factory.getbasetemp() / "three-rounds"
+    if not (base / "checkpoint.npz").is_file():
+        assert main(["simulate", "--data", str(small_data.root), "--out", str(base), *SIM_ARGS, "--rounds", "3"]) == 0
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    damage(run)
+    capsys.readouterr()
+    assert main(["simulate", "--data", str(small_data.root), "--out", str(run), *SIM_ARGS, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recfl: error: ") and message in err and "start the run again in a new --out" in err, err
+    assert err.count("\n") == 1, err
+
+
 def test_resume_after_sigkill_reaches_the_uninterrupted_result(small_data, tmp_path):
     """A simulation SIGKILLed mid-run takes its local worker down (and its socket's folder), and
     --resume ends with the model of an uninterrupted run."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,15 +108,29 @@ class FederatedConfig:
         return Availability(self.availability, self.online_probability, self.diurnal_amplitude, self.hours_per_round)
 
 
+DAMAGED = "the run folder is damaged; start the run again in a new --out"
+
+
+def _read_npz(path: Path, read):
+    """``read(npz)`` of a run folder's ``.npz``; a file that is not what recfl wrote is one clear error."""
+    try:
+        with np.load(path) as npz:
+            return read(npz)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise RecflError(f"{path} cannot be read ({type(exc).__name__}: {exc}): {DAMAGED}") from None
+
+
 def _save_checkpoint(path: Path, state: ServerState) -> None:
     with atomic_path(path, durable=True) as tmp:
         np.savez(tmp, round=np.int64(state.round), *state.params.arrays())
 
 
 def _load_checkpoint(path: Path, spec: ModelSpec) -> ServerState:
-    with np.load(path) as npz:
-        arrays = [npz[f"arr_{i}"] for i in range(len(npz.files) - 1)]
-        return ServerState(ModelParams.from_arrays(spec, arrays), int(npz["round"]))
+    round_, arrays = _read_npz(path, lambda npz: (int(npz["round"]), [npz[f"arr_{i}"] for i in range(len(npz.files) - 1)]))
+    shapes = [tuple(shape) for _, _, shape in spec.shapes()]
+    if [a.shape for a in arrays] != shapes:
+        raise RecflError(f"{path} holds weights of shapes {[a.shape for a in arrays]}, not the model's {shapes}: {DAMAGED}")
+    return ServerState(ModelParams.from_arrays(spec, arrays), round_)
 
 
 def _start(spec: ModelSpec, model_config: ModelConfig, init: Path | None) -> ModelParams:
@@ -132,11 +147,14 @@ def _metric_lines(path: Path, upto: int) -> list[str]:
     committed (a line is written before its round's checkpoint), a line cut short by a kill included."""
     if not path.is_file():
         return []
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines.pop()  # the last write did not finish: its round was never checkpointed
-    return [line for line in lines if line and json.loads(line)["round"] <= upto]
+    try:
+        text = path.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()  # the last write did not finish: its round was never checkpointed
+        return [line for line in lines if line and int(json.loads(line)["round"]) <= upto]
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, not UTF-8, not a record with a round
+        raise RecflError(f"{path} holds a line that is not a round's metrics ({type(exc).__name__}: {exc}): {DAMAGED}") from None
 
 
 def simulate(data: PreparedDataset, out: Path, fed: FederatedConfig = FederatedConfig(), model_config: ModelConfig = ModelConfig(),
@@ -256,8 +274,7 @@ def _heat(out: Path, fed: FederatedConfig, population: Population, spec: ModelSp
         return None
     path = out / "heat.npz"
     if path.is_file():
-        with np.load(path) as npz:
-            return Heat({t: npz[f"table_{t}"] for t, _ in spec.rows}, float(npz["total"]))
+        return _read_npz(path, lambda npz: Heat({t: npz[f"table_{t}"] for t, _ in spec.rows}, float(npz["total"])))
     process = _process(spec, fed, RowCoefficients.for_algorithm("fedavg", spec), runtime, budget, "host")
     step = 1000
     batches = (population.clients(np.arange(lo, min(lo + step, len(population)))) for lo in range(0, len(population), step))
