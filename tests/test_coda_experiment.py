@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from scipy.stats import spearmanr
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset
-from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown
+from recfl.core.errors import RecflError
+from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown, read_results
 
 from test_pipeline import TINY
 
@@ -93,3 +95,14 @@ def test_agreement_counts_each_distinct_lift_once_and_measures_both_splits():
     assert local["lifts"] == 2 and local["sign_agrees"] == 1 and np.isnan(local["pearson"])  # too few to correlate
     text = agreement_markdown(pairs, stats, "gauc")
     assert "| cloud | 5 |" in text and "4 of 5 |" in text and "| b | coda | local | -0.0100 | +0.0030 |" in text
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "No columns to parse"), ("x,y\n1,2\n", "not a results table (no arm, control, lift, variant column)"),
+    ("variant,control,arm,lift\na,cloud,coda,0.1\nb,cloud,coda,high\n", "row 3 has no numeric lift"),
+])
+def test_a_damaged_results_table_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "results.csv"
+    path.write_text(text)
+    with pytest.raises(RecflError, match=re.escape(message)):
+        read_results(path)

@@ -156,6 +156,21 @@ def markdown(table: pd.DataFrame, metric: str, split: str, seeds: tuple[int, ...
     return "\n".join(lines) + "\n"
 
 
+def read_results(path: Path) -> pd.DataFrame:
+    """A ``results.csv`` this tool wrote, checked: the keys of a lift and a numeric lift in every row."""
+    try:
+        table = pd.read_csv(path, dtype={"variant": str, "control": str, "arm": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise RecflError(f"{path}: {exc}") from None
+    missing = sorted({"variant", "control", "arm", "lift"} - set(table.columns))
+    if missing:
+        raise RecflError(f"{path}: not a results table (no {', '.join(missing)} column)")
+    lift = pd.to_numeric(table["lift"], errors="coerce")
+    if lift.isna().any():
+        raise RecflError(f"{path}: row {int(lift.isna().to_numpy().argmax()) + 2} has no numeric lift")
+    return table.assign(lift=lift)
+
+
 def agreement(val: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How well validation lifts predict test lifts: the matched lifts, and per control their Pearson and Spearman
     correlation, the least-squares slope of test on validation and how often the signs agree.
@@ -222,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     other = args.out / ("test" if args.split == "val" else "val") / "results.csv"
     if other.is_file():  # both splits ran: how well does validation predict test?
-        val, test = (table, pd.read_csv(other)) if args.split == "val" else (pd.read_csv(other), table)
+        try:
+            theirs = read_results(other)
+        except RecflError as exc:  # this split's table stands; only the comparison is skipped
+            print(f"coda_experiment: no validation-vs-test comparison: {exc}", file=sys.stderr)
+            return 0
+        val, test = (table, theirs) if args.split == "val" else (theirs, table)
         text = agreement_markdown(*agreement(val, test), args.metric)
         (args.out / "validation-vs-test.md").write_text(text)
         print(text)
