@@ -15,7 +15,8 @@ from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError
-from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown, read_results
+from recfl.core.pool import assign_roles
+from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown, read_results, split_data
 
 from test_pipeline import TINY
 
@@ -47,6 +48,20 @@ def test_the_grid_runs_each_variant_on_validation_and_reruns_only_what_a_variant
     assert not (out / "validation-vs-test.md").exists()
     assert main(["--grid", str(grid), "--out", str(out), "--split", "test", "--bootstrap", "50"]) == 0
     assert "| defaults | coda | cloud |" in (out / "validation-vs-test.md").read_text()
+
+
+def test_the_held_out_users_validation_holds_out_only_device_users_events(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY + '[pool]\nshare_fraction = 0.4\nsalt = "other"\n')
+    grid = Grid(tmp_path / "tiny.toml", (0,), ())
+    val, test = (PreparedDataset(split_data(grid, tmp_path / "g", split)) for split in ("val-devices", "test"))
+    roles = assign_roles(test.train["user_id"].unique(), 0.4, "other")
+    assert len(roles.sharing_users) and set(val.test["user_id"]) == set(roles.device_users)
+    assert set(val.test["event_id"]) | set(val.train["event_id"]) == set(test.train["event_id"])  # train alone, all of it
+    shared = test.train[test.train["user_id"].isin(roles.sharing_users)]
+    assert set(shared["event_id"]) <= set(val.train["event_id"])  # the pool's users keep every training event
+    assert val.manifest["holdout_users"] == len(roles.device_users)
+    carved = PreparedDataset(split_data(grid, tmp_path / "g", "val"))  # the plain validation holds out everyone's
+    assert set(carved.test["user_id"]) > set(roles.device_users)
 
 
 def test_a_bad_grid_is_one_line(tmp_path, capsys):

@@ -127,6 +127,22 @@ def test_leave_one_out_never_puts_test_before_train_and_carves_validation_the_sa
     assert later.all()
 
 
+@pytest.mark.parametrize("rule", ["time_fraction", "leave_one_out"])
+def test_a_holdout_splits_only_its_users_and_every_other_users_events_train(synthetic, rule):
+    events = synthetic.events
+    users = np.sort(events["user_id"].unique())
+    held = users[::3]
+    split = split_events(events, rule, 0.2, holdout=held)
+    alone = split_events(events[events["user_id"].isin(held)], rule, 0.2)
+    assert split.test.equals(alone.test) and split.dropped == alone.dropped  # the held users split as on their own
+    others = events[~events["user_id"].isin(held)]
+    assert set(split.test["user_id"]) <= set(held) and len(split.test)
+    assert set(others["event_id"]) <= set(split.train["event_id"])  # nobody else loses an event
+    assert len(split.train) == len(alone.train) + len(others)
+    order = split.train[["user_id", "timestamp", "event_id"]]
+    assert order.equals(order.sort_values(["user_id", "timestamp", "event_id"]).reset_index(drop=True))
+
+
 def test_prepare_with_negatives_stores_them_in_test_and_records_the_rule(synthetic, tmp_path):
     cfg = DataConfig(split="leave_one_out", negatives=20, train_negatives=3, negative_sampling="popularity", seed=4)
     data = prepare(synthetic, tmp_path / "p", cfg)

@@ -1,6 +1,6 @@
 """The CoDA experiment grid: variants of ``recfl run``, seed-pooled, tuned on validation, one results table.
 
-    python -m tools.coda_experiment --grid configs/grids/coda-ml100k.toml --out runs/coda-grid [--split val|test]
+    python -m tools.coda_experiment --grid configs/grids/coda-ml100k.toml --out runs/coda-grid [--split val|val-devices|test]
 
 The grid file names the ``recfl run`` config, the seeds and the variants,
 each a list of ``--set`` overrides (a variant with none is the defaults)::
@@ -17,7 +17,10 @@ each a list of ``--set`` overrides (a variant with none is the defaults)::
 ``--split val`` (the default) runs every variant on a validation set carved
 from the training events alone (each user's latest events of *train* become
 its "test"; :func:`carve_validation`), so choosing among variants never reads
-a test event. ``--split test`` runs the same grid on the real split: run it
+a test event. ``--split val-devices`` is the held-out-users proxy: only the
+device users' latest training events are held out, every sharing user keeps
+all of theirs, so the pool and the cloud model learn from the same events as
+on test. ``--split test`` runs the same grid on the real split: run it
 once, for the variants validation chose. Each variant is ``recfl run --seeds``
 (:func:`recfl.app.pipeline.run_seeds`) in ``OUT/SPLIT/VARIANT``; the first
 variant's seed folders seed the others', so a variant reruns only the stages
@@ -25,8 +28,9 @@ whose settings it changes. Every arm is then compared with each control
 (``cloud`` and ``local``) pooled over the seeds (a two-level bootstrap over
 seeds and users, :func:`ab_testing.evaluate.evaluate_seeds`), and the table
 goes to ``OUT/SPLIT/results.md`` and ``results.csv``. Once both splits have
-run, ``OUT/validation-vs-test.md`` says how well validation predicted test
-(:func:`agreement`): the measurement behind trusting a validation choice.
+run, ``OUT/validation-vs-test.md`` (``validation-devices-vs-test.md`` for
+``val-devices``) says how well validation predicted test (:func:`agreement`):
+the measurement behind trusting a validation choice.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ from recfl.core.arms import CONTROL, LOCAL, names
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config
 from recfl.core.errors import RecflError
 from recfl.core.formats.base import SourceData
+from recfl.core.pool import PoolConfig, assign_roles
 
 log = logging.getLogger("coda_experiment")
 
 CONTROLS = names((CONTROL, LOCAL))  # every arm is compared with each
+VALIDATIONS = {"val": "validation-vs-test.md", "val-devices": "validation-devices-vs-test.md"}  # proxy: its report
 
 
 @dataclass(frozen=True)
@@ -91,25 +97,31 @@ class Grid:
         return cls(Path(doc["config"]) if "config" in doc else None, tuple(doc.get("seeds", (0, 1, 2))), variants)
 
 
-def carve_validation(test_split: Path, out: Path) -> PreparedDataset:
-    """A prepared data set from the training events of ``test_split`` alone, split the same way."""
+def carve_validation(test_split: Path, out: Path, holdout: np.ndarray | None = None) -> PreparedDataset:
+    """A prepared data set from the training events of ``test_split`` alone, split the same way (only the
+    ``holdout`` users' events, if given; the others' all train)."""
     source = PreparedDataset(test_split)
     m = source.manifest
     carved = SourceData(f"{m['source']} (training events only)", str(source.root), m["label_rule"], source.train, source.items)
-    return prepare(carved, out, source.settings)
+    extra = None if holdout is None else {"holdout_users": int(len(holdout))}
+    return prepare(carved, out, source.settings, extra, holdout)
 
 
 def split_data(grid: Grid, out: Path, split: str) -> Path:
-    """The prepared data set the grid runs on: the run config's split, or validation carved from its training events."""
+    """The prepared data set the grid runs on: the run config's split, or validation carved from its training events
+    (``val-devices``: only the device users', by the run config's ``[pool]`` roles)."""
+    doc = load_config(grid.config)
     test = out / "test-data"
     if not (test / "manifest.json").is_file():
-        doc = load_config(grid.config)
         prepare_from_config(config.section(DataConfig, doc, "data"), doc, test)
     if split == "test":
         return test
-    val = out / "val-data"
+    val = out / f"{split}-data"
     if not (val / "manifest.json").is_file():
-        carve_validation(test, val)
+        pool = config.section(PoolConfig, doc, "pool")
+        users = PreparedDataset(test).train["user_id"].unique()
+        carve_validation(test, val, assign_roles(users, pool.share_fraction, pool.salt).device_users
+                         if split == "val-devices" else None)
     return val
 
 
@@ -146,7 +158,7 @@ def compare(folder: Path, seeds: tuple[int, ...], control: str, metric: str, boo
 
 def markdown(table: pd.DataFrame, metric: str, split: str, seeds: tuple[int, ...]) -> str:
     """The results table: per variant, arm and control, the pooled lift with its interval and each seed's lift."""
-    lines = [f"{metric} on the {'validation' if split == 'val' else 'test'} split, mean over seeds "
+    lines = [f"{metric} on the {'test' if split == 'test' else 'validation'} split ({split}), mean over seeds "
              f"{', '.join(map(str, seeds))}; 95% two-level bootstrap interval over seeds and users.", "",
              f"| variant | arm | {metric} | vs | lift [95% CI] | per seed | users |", "|---|---|---|---|---|---|---|"]
     for row in table.to_dict("records"):  # (not itertuples: a metric such as hr@10 is no attribute name)
@@ -211,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.coda_experiment", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", required=True, type=Path, help="the grid file (see the module docstring)")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--split", choices=(*VALIDATIONS, "test"), default="val",
+                        help="val: every user's latest training events; val-devices: only the device users'; test")
     parser.add_argument("--metric", default="gauc", help="the metric of the table (default gauc)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
@@ -235,16 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(table, args.metric, args.split, grid.seeds)
     (root / "results.md").write_text(text)
     print(text)
-    other = args.out / ("test" if args.split == "val" else "val") / "results.csv"
-    if other.is_file():  # both splits ran: how well does validation predict test?
+    for validation, report in VALIDATIONS.items():  # each validation that ran beside test: how well did it predict?
+        if args.split not in (validation, "test"):
+            continue
+        other = args.out / ("test" if args.split == validation else validation) / "results.csv"
+        if not other.is_file():
+            continue
         try:
             theirs = read_results(other)
         except RecflError as exc:  # this split's table stands; only the comparison is skipped
-            print(f"coda_experiment: no validation-vs-test comparison: {exc}", file=sys.stderr)
-            return 0
-        val, test = (table, theirs) if args.split == "val" else (theirs, table)
+            print(f"coda_experiment: no {validation}-vs-test comparison: {exc}", file=sys.stderr)
+            continue
+        val, test = (table, theirs) if args.split == validation else (theirs, table)
         text = agreement_markdown(*agreement(val, test), args.metric)
-        (args.out / "validation-vs-test.md").write_text(text)
+        (args.out / report).write_text(text)
         print(text)
     return 0
 

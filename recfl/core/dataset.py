@@ -118,8 +118,9 @@ class PreparedSplit:
     manifest: dict
 
 
-def split_source(data: SourceData, cfg: DataConfig = DataConfig()) -> PreparedSplit:
-    """Drop users below ``min_user_events``, split, fit vocabularies on train, sample the test negatives."""
+def split_source(data: SourceData, cfg: DataConfig = DataConfig(), holdout: np.ndarray | None = None) -> PreparedSplit:
+    """Drop users below ``min_user_events``, split (only ``holdout``'s users, if given: :func:`split_events`), fit
+    vocabularies on train, sample the test negatives."""
     if len(data.events) == 0:
         raise RecflError(f"{data.path}: no events to prepare")
     dropped = dict(data.dropped)
@@ -131,7 +132,7 @@ def split_source(data: SourceData, cfg: DataConfig = DataConfig()) -> PreparedSp
             events = events.loc[keep]
         if not len(events):
             raise RecflError(f"{data.path}: no user has data.min_user_events = {cfg.min_user_events} events")
-    split = split_events(events, cfg.split, cfg.test_fraction)
+    split = split_events(events, cfg.split, cfg.test_fraction, holdout)
     if split.dropped:
         dropped["after_test_positive"] = split.dropped
     train, test = marked(split.train), marked(split.test)
@@ -189,9 +190,10 @@ def check_training_rule(prepared: PreparedSplit, cfg: DataConfig) -> None:
     prepared.sampler.check_capacity(train[train["label"] == 1], cfg.train_negatives, "data.train_negatives")
 
 
-def prepare(data: SourceData, out: Path, cfg: DataConfig = DataConfig(), extra: dict | None = None) -> "PreparedDataset":
+def prepare(data: SourceData, out: Path, cfg: DataConfig = DataConfig(), extra: dict | None = None,
+            holdout: np.ndarray | None = None) -> "PreparedDataset":
     """Split ``data`` under ``cfg`` (see :func:`split_source`) and write the prepared directory ``out``."""
-    prepared = split_source(data, cfg)
+    prepared = split_source(data, cfg, holdout)
     check_training_rule(prepared, cfg)
     out = Path(out)
     (out / "vocab").mkdir(parents=True, exist_ok=True)

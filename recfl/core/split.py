@@ -14,7 +14,9 @@ event_id), so no test event ever precedes a train event of the same user:
   their first event (nothing to learn from), are train only.
 
 :func:`split_events` applies either rule to any event table, so a validation
-split is carved from the training events the same way as test from all.
+split is carved from the training events the same way as test from all;
+``holdout`` restricts the split to some users (the others' events all train),
+for a validation of held-out users beside the rest's full histories.
 """
 
 from __future__ import annotations
@@ -50,8 +52,15 @@ class Split:
     dropped: int = 0  # leave_one_out: events after a user's test positive
 
 
-def split_events(events: pd.DataFrame, rule: str, test_fraction: float = 0.2) -> Split:
-    """Split ``events`` per user under ``rule`` (one of :data:`SPLITS`)."""
+def split_events(events: pd.DataFrame, rule: str, test_fraction: float = 0.2,
+                 holdout: np.ndarray | None = None) -> Split:
+    """Split ``events`` per user under ``rule`` (one of :data:`SPLITS`); with ``holdout``, only those users' events
+    are split and every other user's events are train."""
+    if holdout is not None:
+        held = events["user_id"].isin(holdout).to_numpy()
+        inner = split_events(events.loc[held], rule, test_fraction)
+        train, _, _ = _ordered(pd.concat([inner.train, events.loc[~held]], ignore_index=True))
+        return Split(train, inner.test, inner.dropped)
     if rule == TIME_FRACTION:
         return Split(*split_by_time(events, test_fraction))
     if rule == LEAVE_ONE_OUT:
