@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from scipy.stats import spearmanr
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.dataset import PreparedDataset
-from recfl.core.errors import RecflError
+from recfl.core.errors import RecflError, os_error_line
 from recfl.core.pool import assign_roles
 from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown, read_results, split_data
 
@@ -62,6 +63,23 @@ def test_the_held_out_users_validation_holds_out_only_device_users_events(tmp_pa
     assert val.manifest["holdout_users"] == len(roles.device_users)
     carved = PreparedDataset(split_data(grid, tmp_path / "g", "val"))  # the plain validation holds out everyone's
     assert set(carved.test["user_id"]) > set(roles.device_users)
+
+
+def test_a_fault_of_the_machine_is_one_line(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    grid, blocker = tmp_path / "grid.toml", tmp_path / "a-file"
+    grid.write_text(f'config = "{tmp_path / "tiny.toml"}"\nseeds = [0]\n[[variant]]\nname = "defaults"\n')
+    blocker.write_text("")
+    assert main(["--grid", str(grid), "--out", str(blocker / "grid")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"coda_experiment: error: Not a directory: {blocker / 'grid'}" in err
+
+
+def test_a_failed_tree_copy_is_one_line_naming_the_first_file():
+    failures = [(f"/a/{k}", f"/b/{k}", "[Errno 28] No space left on device") for k in range(3)]
+    assert os_error_line(shutil.Error(failures)) == ("copying /a/0 to /b/0: [Errno 28] No space left on device "
+                                                     "(and 2 more files)")
+    assert os_error_line(FileNotFoundError(2, "No such file or directory", "/x")) == "No such file or directory: /x"
 
 
 def test_a_bad_grid_is_one_line(tmp_path, capsys):

@@ -53,7 +53,7 @@ from recfl.app.sections import load_config
 from recfl.core import config
 from recfl.core.arms import CONTROL, LOCAL, names
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config
-from recfl.core.errors import RecflError
+from recfl.core.errors import RecflError, os_error_line
 from recfl.core.formats.base import SourceData
 from recfl.core.pool import PoolConfig, assign_roles
 
@@ -230,18 +230,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        grid = Grid.read(args.grid)
-        data = split_data(grid, args.out, args.split)
-        root, first, rows = args.out / args.split, None, []
-        for variant in grid.variants:
-            folder = run_variant(grid, variant, data, root, first)
-            first = first or folder
-            for control in CONTROLS:
-                rows += [{"variant": variant.name, **row}
-                         for row in compare(folder, grid.seeds, control, args.metric, args.bootstrap)]
+        run_grid(args)
     except RecflError as exc:
         print(f"coda_experiment: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine stops the grid (a full disk, say): one line; a rerun resumes
+        print(f"coda_experiment: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    """Every variant of the grid on ``args.split``, its table, and each validation-vs-test comparison both splits allow."""
+    grid = Grid.read(args.grid)
+    data = split_data(grid, args.out, args.split)
+    root, first, rows = args.out / args.split, None, []
+    for variant in grid.variants:
+        folder = run_variant(grid, variant, data, root, first)
+        first = first or folder
+        for control in CONTROLS:
+            rows += [{"variant": variant.name, **row}
+                     for row in compare(folder, grid.seeds, control, args.metric, args.bootstrap)]
     table = pd.DataFrame(rows)
     table.assign(per_seed=table["per_seed"].map(lambda xs: " ".join(f"{x:.6f}" for x in xs))).to_csv(
         root / "results.csv", index=False)
@@ -263,8 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         text = agreement_markdown(*agreement(val, test), args.metric)
         (args.out / report).write_text(text)
         print(text)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,7 +31,7 @@ from recfl.app.commands import (
     stream,
     train,
 )
-from recfl.core.errors import RecflError
+from recfl.core.errors import RecflError, os_error_line
 from recfl.core.quiet import quiet_libraries
 
 COMMANDS = (data, train, predict, simulate, run, pool, ab, stream, personalize)
@@ -88,7 +88,7 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
-        print(f"recfl: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(f"recfl: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
 
 

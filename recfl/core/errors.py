@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -15,6 +16,17 @@ class EnvironmentFault(RecflError):
     """The machine, not the user, stops the work (disk full, permission denied, a broker refusing writes)."""
 
     exit_code = 1
+
+
+def os_error_line(exc: OSError) -> str:
+    """An operating-system error as one line: its reason and file; a failed tree copy (``shutil.Error``, a list of
+    per-file failures) by its first failure and how many more."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        failures = exc.args[0]
+        source, target, why = failures[0]
+        more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
+        return f"copying {source} to {target}: {why}{more}"
+    return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
 
 
 class DataFormatError(RecflError):
