@@ -39,6 +39,10 @@ def test_the_grid_runs_each_variant_on_validation_and_reruns_only_what_a_variant
     for name in ("data", "cloud_model", "fedsubavg", "arm-local"):  # copied from the first variant and skipped
         assert stage("keep-30-", name) == stage("defaults", name)
     assert stage("keep-30-", "arm-coda")["settings"]["filter"]["keep_fraction"] == 0.3
+    devices = lambda variant, arm: sorted((out / "val" / variant / "seed-0" / f"arm-{arm}" / f"{arm}.devices").glob("*.npz"))
+    kept, rerun = devices("keep-30-", "local"), devices("defaults", "coda")
+    assert kept and all(p.stat().st_nlink == 2 for p in kept)  # an unchanged arm's device files are links, not copies
+    assert rerun and all(p.stat().st_nlink == 1 for p in rerun)  # a rerun arm wrote new files, never through a link
 
     table = pd.read_csv(out / "val" / "results.csv")
     assert set(table["variant"]) == {"defaults", "keep 30%"} and set(table["control"]) == {"cloud", "local"}

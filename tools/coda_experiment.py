@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tomllib
@@ -48,6 +49,7 @@ import pandas as pd
 
 from ab_testing.evaluate import AbConfig, evaluate_seeds
 from ab_testing.predictions import read_predictions
+from device.personalize import DEVICE_FILES
 from recfl.app.pipeline import arm_predictions, run_seeds
 from recfl.app.sections import load_config
 from recfl.core import config
@@ -133,11 +135,24 @@ def run_variant(grid: Grid, variant: Variant, data: Path, root: Path, first: Pat
         if theirs is not None and theirs.is_dir() and not mine.exists():
             partial = mine.with_name(f".{mine.name}.copying")  # renamed when whole: a kill mid-copy leaves no half folder
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(theirs, partial)  # unchanged stages keep their fingerprints and are skipped
+            shutil.copytree(theirs, partial, copy_function=_link_device_files)  # unchanged stages are skipped
             partial.rename(mine)
     log.info("variant %r: %s", variant.name, ", ".join(variant.sets) or "defaults")
     run_seeds(folder, load_config(grid.config, list(variant.sets)), list(grid.seeds), data_dir=data)
     return folder
+
+
+def _link_device_files(source: str, target: str) -> None:
+    """Copy one file of a seed folder, but hard-link the devices' weights and row maps: they are most of a run's
+    bytes (about 0.6 GB per variant on Amazon, 1.8 GB on Beauty as copies) and are only ever written whole, to new
+    paths (a rerun arm starts a new folder and copies what it takes over), so a link is never written through."""
+    if source.endswith(DEVICE_FILES):
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or links not allowed: a copy does the same
+            pass
+    shutil.copy2(source, target)
 
 
 def compare(folder: Path, seeds: tuple[int, ...], control: str, metric: str, bootstrap: int) -> list[dict]:
