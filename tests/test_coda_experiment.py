@@ -32,27 +32,27 @@ def test_the_grid_runs_each_variant_on_validation_and_reruns_only_what_a_variant
     out = tmp_path / "grid"
     assert main(["--grid", str(grid), "--out", str(out), "--bootstrap", "50"]) == 0
 
-    test, val = PreparedDataset(out / "test-data"), PreparedDataset(out / "val-data")
+    test, val = PreparedDataset(out / "test-data"), PreparedDataset(out / "val-devices-data")  # the default validation
     assert set(val.test["event_id"]) <= set(test.train["event_id"])  # validation never holds a test event
     assert not set(val.train["event_id"]) & set(test.test["event_id"])
-    stage = lambda variant, name: json.loads((out / "val" / variant / "seed-0" / name / "stage.json").read_text())
+    stage = lambda variant, name: json.loads((out / "val-devices" / variant / "seed-0" / name / "stage.json").read_text())
     for name in ("data", "cloud_model", "fedsubavg", "arm-local"):  # copied from the first variant and skipped
         assert stage("keep-30-", name) == stage("defaults", name)
     assert stage("keep-30-", "arm-coda")["settings"]["filter"]["keep_fraction"] == 0.3
-    devices = lambda variant, arm: sorted((out / "val" / variant / "seed-0" / f"arm-{arm}" / f"{arm}.devices").glob("*.npz"))
+    devices = lambda variant, arm: sorted((out / "val-devices" / variant / "seed-0" / f"arm-{arm}" / f"{arm}.devices").glob("*.npz"))
     kept, rerun = devices("keep-30-", "local"), devices("defaults", "coda")
     assert kept and all(p.stat().st_nlink == 2 for p in kept)  # an unchanged arm's device files are links, not copies
     assert rerun and all(p.stat().st_nlink == 1 for p in rerun)  # a rerun arm wrote new files, never through a link
 
-    table = pd.read_csv(out / "val" / "results.csv")
+    table = pd.read_csv(out / "val-devices" / "results.csv")
     assert set(table["variant"]) == {"defaults", "keep 30%"} and set(table["control"]) == {"cloud", "local"}
     assert set(table[table["control"] == "local"]["arm"]) == {"cloud", "fedavg", "fedsubavg", "coda-nofilter", "coda"}
     same = table.set_index(["variant", "control", "arm"])["lift"]
     assert same[("defaults", "cloud", "local")] == same[("keep 30%", "cloud", "local")]  # the local arm did not rerun
     assert "| keep 30% | coda |" in capsys.readouterr().out
-    assert not (out / "validation-vs-test.md").exists()
+    assert not (out / "validation-devices-vs-test.md").exists()
     assert main(["--grid", str(grid), "--out", str(out), "--split", "test", "--bootstrap", "50"]) == 0
-    assert "| defaults | coda | cloud |" in (out / "validation-vs-test.md").read_text()
+    assert "| defaults | coda | cloud |" in (out / "validation-devices-vs-test.md").read_text()
 
 
 def test_the_held_out_users_validation_holds_out_only_device_users_events(tmp_path):

@@ -1,6 +1,6 @@
 """The CoDA experiment grid: variants of ``recfl run``, seed-pooled, tuned on validation, one results table.
 
-    python -m tools.coda_experiment --grid configs/grids/coda-ml100k.toml --out runs/coda-grid [--split val|val-devices|test]
+    python -m tools.coda_experiment --grid configs/grids/coda-ml100k.toml --out runs/coda-grid [--split val-devices|val|test]
 
 The grid file names the ``recfl run`` config, the seeds and the variants,
 each a list of ``--set`` overrides (a variant with none is the defaults)::
@@ -14,14 +14,15 @@ each a list of ``--set`` overrides (a variant with none is the defaults)::
     name = "from the cloud model"
     set = ["run.personalize_from=cloud_model"]
 
-``--split val`` (the default) runs every variant on a validation set carved
-from the training events alone (each user's latest events of *train* become
-its "test"; :func:`carve_validation`), so choosing among variants never reads
-a test event. ``--split val-devices`` is the held-out-users proxy: only the
-device users' latest training events are held out, every sharing user keeps
-all of theirs, so the pool and the cloud model learn from the same events as
-on test. ``--split test`` runs the same grid on the real split: run it
-once, for the variants validation chose. Each variant is ``recfl run --seeds``
+Choosing among variants never reads a test event: every variant runs on a
+validation set carved from the training events alone (:func:`carve_validation`).
+``--split val-devices`` (the default) holds out the device users' latest
+training events and nothing else: every sharing user keeps all of theirs, so
+the pool, the cloud model and the candidates learn from the same events as on
+test. Measured on MovieLens 100K and Amazon, it predicts test lifts better than
+``--split val``, which holds out every user's latest training events (README,
+"Does validation predict test?"). ``--split test`` runs the same grid on the
+real split: run it once, for the variants validation chose. Each variant is ``recfl run --seeds``
 (:func:`recfl.app.pipeline.run_seeds`) in ``OUT/SPLIT/VARIANT``; the first
 variant's seed folders seed the others', so a variant reruns only the stages
 whose settings it changes. Every arm is then compared with each control
@@ -62,7 +63,7 @@ from recfl.core.pool import PoolConfig, assign_roles
 log = logging.getLogger("coda_experiment")
 
 CONTROLS = names((CONTROL, LOCAL))  # every arm is compared with each
-VALIDATIONS = {"val": "validation-vs-test.md", "val-devices": "validation-devices-vs-test.md"}  # proxy: its report
+VALIDATIONS = {"val-devices": "validation-devices-vs-test.md", "val": "validation-vs-test.md"}  # proxy: its report
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.coda_experiment", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", required=True, type=Path, help="the grid file (see the module docstring)")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--split", choices=(*VALIDATIONS, "test"), default="val",
-                        help="val: every user's latest training events; val-devices: only the device users'; test")
+    parser.add_argument("--split", choices=(*VALIDATIONS, "test"), default="val-devices",
+                        help="val-devices (default): the device users' latest training events are the validation "
+                             "targets; val: every user's latest training events; test: the real split")
     parser.add_argument("--metric", default="gauc", help="the metric of the table (default gauc)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
