@@ -100,14 +100,16 @@ class Grid:
         return cls(Path(doc["config"]) if "config" in doc else None, tuple(doc.get("seeds", (0, 1, 2))), variants)
 
 
-def carve_validation(test_split: Path, out: Path, holdout: np.ndarray | None = None) -> PreparedDataset:
-    """A prepared data set from the training events of ``test_split`` alone, split the same way (only the
-    ``holdout`` users' events, if given; the others' all train)."""
+def carve_validation(test_split: Path, out: Path, pool: PoolConfig | None = None) -> PreparedDataset:
+    """A prepared data set from the training events of ``test_split`` alone, split the same way; with ``pool``, only
+    the events of its device users are split (the held-out-users proxy), the others' all train."""
     source = PreparedDataset(test_split)
     m = source.manifest
     carved = SourceData(f"{m['source']} (training events only)", str(source.root), m["label_rule"], source.train, source.items)
-    extra = None if holdout is None else {"holdout_users": int(len(holdout))}
-    return prepare(carved, out, source.settings, extra, holdout)
+    if pool is None:
+        return prepare(carved, out, source.settings)
+    holdout = assign_roles(source.train["user_id"].unique(), pool.share_fraction, pool.salt).device_users
+    return prepare(carved, out, source.settings, {"holdout_users": int(len(holdout))}, holdout)
 
 
 def split_data(grid: Grid, out: Path, split: str) -> Path:
@@ -121,10 +123,7 @@ def split_data(grid: Grid, out: Path, split: str) -> Path:
         return test
     val = out / f"{split}-data"
     if not (val / "manifest.json").is_file():
-        pool = config.section(PoolConfig, doc, "pool")
-        users = PreparedDataset(test).train["user_id"].unique()
-        carve_validation(test, val, assign_roles(users, pool.share_fraction, pool.salt).device_users
-                         if split == "val-devices" else None)
+        carve_validation(test, val, config.section(PoolConfig, doc, "pool") if split == "val-devices" else None)
     return val
 
 
