@@ -69,6 +69,22 @@ def test_the_held_out_users_validation_holds_out_only_device_users_events(tmp_pa
     assert set(carved.test["user_id"]) > set(roles.device_users)
 
 
+def test_the_held_out_users_follow_the_pool_roles_of_the_config(tmp_path, capsys):
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(TINY)
+    grid = Grid(config_file, (0,), ())
+    before = set(PreparedDataset(split_data(grid, tmp_path / "g", "val-devices")).test["user_id"])
+    config_file.write_text(TINY + '[pool]\nsalt = "other"\n')  # other roles: the old carve must not be reused
+    after = PreparedDataset(split_data(grid, tmp_path / "g", "val-devices"))
+    assert set(after.test["user_id"]) != before and after.manifest["holdout"]["salt"] == "other"
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(f'config = "{config_file}"\nseeds = [0]\n[[variant]]\nname = "more sharing"\n'
+                         'set = ["pool.share_fraction=0.8"]\n')
+    assert main(["--grid", str(grid_file), "--out", str(tmp_path / "g")]) == 2
+    assert ("coda_experiment: error: variant 'more sharing' changes [pool], so its device users are not the ones "
+            "--split val-devices holds out; run it with --split val") in capsys.readouterr().err
+
+
 def test_a_fault_of_the_machine_is_one_line(tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(TINY)
     grid, blocker = tmp_path / "grid.toml", tmp_path / "a-file"

@@ -109,7 +109,13 @@ def carve_validation(test_split: Path, out: Path, pool: PoolConfig | None = None
     if pool is None:
         return prepare(carved, out, source.settings)
     holdout = assign_roles(source.train["user_id"].unique(), pool.share_fraction, pool.salt).device_users
-    return prepare(carved, out, source.settings, {"holdout_users": int(len(holdout))}, holdout)
+    return prepare(carved, out, source.settings, {"holdout": holdout_roles(pool), "holdout_users": int(len(holdout))},
+                   holdout)
+
+
+def holdout_roles(pool: PoolConfig | None) -> dict | None:
+    """What decides a carve's held-out users (recorded in its manifest): the device users of ``pool``'s roles."""
+    return None if pool is None else {"users": "device", "share_fraction": pool.share_fraction, "salt": pool.salt}
 
 
 def split_data(grid: Grid, out: Path, split: str) -> Path:
@@ -121,9 +127,14 @@ def split_data(grid: Grid, out: Path, split: str) -> Path:
         prepare_from_config(config.section(DataConfig, doc, "data"), doc, test)
     if split == "test":
         return test
+    pool = config.section(PoolConfig, doc, "pool") if split == "val-devices" else None
+    for variant in grid.variants if pool is not None else ():
+        if config.section(PoolConfig, load_config(grid.config, list(variant.sets)), "pool") != pool:
+            raise RecflError(f"variant {variant.name!r} changes [pool], so its device users are not the ones "
+                             "--split val-devices holds out; run it with --split val")
     val = out / f"{split}-data"
-    if not (val / "manifest.json").is_file():
-        carve_validation(test, val, config.section(PoolConfig, doc, "pool") if split == "val-devices" else None)
+    if not (val / "manifest.json").is_file() or PreparedDataset(val).manifest.get("holdout") != holdout_roles(pool):
+        carve_validation(test, val, pool)  # new, or carved under other [pool] roles than the config's now
     return val
 
 
