@@ -109,6 +109,16 @@ def test_a_bad_grid_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"coda_experiment: error: --grid {grid}: no [[variant]] tables"
 
 
+def test_the_grid_wide_set_comes_before_each_variants_own(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('config = "x.toml"\nset = ["finetune.votes=0.0"]\n[[variant]]\nname = "a"\n'
+                    '[[variant]]\nname = "b"\nset = ["finetune.votes=2.0"]\n')
+    assert [v.sets for v in Grid.read(grid).variants] == [("finetune.votes=0.0",), ("finetune.votes=0.0", "finetune.votes=2.0")]
+    grid.write_text('config = "x.toml"\nset = "finetune.votes=0.0"\n[[variant]]\nname = "a"\n')
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"coda_experiment: error: --grid {grid}: set must be a list of KEY=VALUE strings"
+
+
 def test_the_table_names_any_metric():
     row = {"variant": "v", "control": "cloud", "arm": "coda", "hr@10": 0.25, "lift": 0.01, "ci_low": -0.01,
            "ci_high": 0.03, "per_seed": [0.01, 0.02], "users": 9}

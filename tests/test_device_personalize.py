@@ -11,7 +11,9 @@ import pytest
 from cloud_pool.matching import MatchConfig, write_candidates
 from device.personalize import ARMS, PreviousDevices, capacity_prefix
 from device.tflite_trainer import conversions
+from device.votes import votes, with_votes
 from recfl.app.cli import main
+from recfl.core.candidates import read_candidates
 from recfl.core.features import Examples
 from recfl.core.models import ModelConfig, ModelSpec
 from recfl.core.schema import PREDICTION_COLUMNS, PREDICTION_MARKER
@@ -80,6 +82,30 @@ def test_untrained_device_model_scores_like_the_cloud_model(setup, tmp_path, cap
     capsys.readouterr()
     cloud, local = (pd.read_parquet(tmp_path / f"{a}.parquet") for a in ("cloud", "local"))
     np.testing.assert_allclose(local["score"], cloud["score"], atol=1e-5)
+
+
+def test_votes_move_the_scores_of_arms_with_candidates_by_their_labels_and_leave_local_alone(setup, tmp_path, capsys):
+    """Without fine-tuning, coda-nofilter with votes is the cloud model's score moved by each item's candidate vote."""
+    pool, root = setup
+    untrained = ["--set", "finetune.max_epochs=0"]
+    assert _run(setup, "cloud", tmp_path / "cloud.parquet") == 0
+    assert _run(setup, "local", tmp_path / "local.parquet", *untrained, "--set", "finetune.votes=3.0") == 0
+    assert _run(setup, "coda-nofilter", tmp_path / "voted.parquet", *untrained, "--set", "finetune.votes=3.0",
+                "--set", "finetune.votes_shrink=0.5") == 0
+    capsys.readouterr()
+    cloud, local, voted = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("cloud", "local", "voted"))
+    np.testing.assert_allclose(local["score"], cloud["score"], atol=1e-5)  # local has no candidates to vote
+    candidates = read_candidates(root / "cands", voted["user_id"].unique())
+    expected = []
+    for user, rows in cloud.groupby("user_id", sort=False):
+        mine = candidates[candidates["target_user_id"] == user]
+        vote = votes(rows["item_id"].to_numpy(), mine["item_id"].to_numpy(), mine["label"].to_numpy(), 0.5)
+        expected.append(with_votes(rows["score"].to_numpy(), vote, 3.0))
+    moved = np.concatenate(expected)
+    assert not np.allclose(moved, cloud["score"], atol=1e-3)  # some scored items are among the candidates
+    np.testing.assert_allclose(voted["score"], moved, atol=1e-4)
+    report = pd.read_parquet(tmp_path / "voted.devices" / "users.parquet")
+    assert report["voted_events"].sum() > 0
 
 
 def test_workers_give_the_same_result_without_converting(setup, tmp_path, capsys):

@@ -393,9 +393,12 @@ def test_fine_tuning_mistakes_are_one_line_errors_before_anything_runs(finished,
 
 
 def test_a_setting_reruns_only_the_stages_that_read_it(finished):
-    """The filter is read by the coda arm alone; the number of device worker processes changes no result."""
+    """The filter is read by the coda arm alone, the candidate keys of [finetune] by the arms with candidates; the
+    number of device worker processes changes no result."""
     _, rerun = _rerun_copy(finished, "filter", "filter.keep_fraction=0.3", "run.workers=1")
     assert rerun == ["arm-coda", "ab"]
+    _, rerun = _rerun_copy(finished, "votes", "finetune.votes=2.0", "finetune.candidate_weight=0.5")
+    assert rerun == ["arm-coda-nofilter", "arm-coda", "ab"]  # local has no candidates: it reads neither key
 
 
 def test_personalized_arms_start_from_the_chosen_model(finished, capsys):

@@ -7,6 +7,7 @@ each a list of ``--set`` overrides (a variant with none is the defaults)::
 
     config = "configs/movielens-100k.toml"
     seeds = [0, 1, 2]
+    set = []  # optional: overrides every variant shares, applied before its own
     [[variant]]
     name = "defaults"
     set = []
@@ -92,7 +93,10 @@ class Grid:
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise RecflError(f"--grid {path}: {exc}") from None
-        variants = tuple(Variant(str(v["name"]), tuple(v.get("set", ()))) for v in doc.get("variant", []))
+        common = doc.get("set", [])  # overrides every variant shares, applied before its own
+        if not isinstance(common, list) or not all(isinstance(c, str) for c in common):
+            raise RecflError(f"--grid {path}: set must be a list of KEY=VALUE strings")
+        variants = tuple(Variant(str(v["name"]), (*common, *v.get("set", ()))) for v in doc.get("variant", []))
         if not variants:
             raise RecflError(f"--grid {path}: no [[variant]] tables")
         if len({v.folder for v in variants}) != len(variants):

@@ -70,7 +70,7 @@ from cloud_pool.matching import MatchConfig, write_candidates
 from cloud_pool.pool import PoolConfig, build_pool
 from device.personalize import device_users, personalize
 from device.sample_filter import FilterConfig
-from device.tflite_trainer import FinetuneConfig
+from device.tflite_trainer import CANDIDATE_KEYS, FinetuneConfig
 from recfl.app.candidates import candidate_source
 from recfl.app.evaluable import evaluable, require_evaluable
 from recfl.core import arms, config, interrupts
@@ -289,11 +289,12 @@ def _arm_stage(arm: arms.Arm, start: str) -> Stage:
     device_arm = arm if arm.personalized else arms.CONTROL  # scoring a global model as it is: the control's device work
 
     def settings(ctx: RunContext) -> dict:
-        """What the arm reads: which users; fine-tuning if it personalizes; the filter only if it filters (coda; not
-        ``run.workers``)."""
+        """What the arm reads: which users; fine-tuning if it personalizes (its candidate keys only with candidates);
+        the filter only if it filters (coda; not ``run.workers``)."""
         out = {"device_users": ctx.run.device_users}
         if arm.personalized:
-            out.update(finetune=ctx.table(FinetuneConfig, "finetune"))
+            finetune = ctx.table(FinetuneConfig, "finetune")
+            out.update(finetune={k: v for k, v in finetune.items() if arm.candidates or k not in CANDIDATE_KEYS})
         if arm.filtered:
             out.update(filter=ctx.table(FilterConfig, "filter"))
         return out

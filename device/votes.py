@@ -1,0 +1,43 @@
+"""Neighbour votes: the matched candidates' labels as a prior on the items a device scores.
+
+The candidates a device downloads are labelled events of the pool users most
+like it. Fine-tuning can only use them through the shared weights; a vote
+uses them directly: an item the neighbours liked more often than their
+candidates on average moves up, one they disliked moves down. Per scored
+item ``i`` with candidates ``C(i)`` (same item id) and ``ybar`` the mean
+label over all the device's candidates,
+
+    vote(i) = sum_{c in C(i)} (y_c - ybar) / (|C(i)| + shrink)
+
+and the score becomes ``sigmoid(logit(p) + weight * vote(i))``. An item no
+candidate holds keeps its score; ``shrink`` keeps one neighbour's label from
+counting as much as many. It runs on the device, after fine-tuning, in numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before the logit (float32 scores can be exactly 0 or 1)
+
+
+def votes(items: np.ndarray, candidate_items: np.ndarray, candidate_labels: np.ndarray, shrink: float) -> np.ndarray:
+    """``vote(i)`` for each of ``items`` (0 where no candidate holds the item)."""
+    items = np.asarray(items, np.int64)
+    if not len(candidate_items):
+        return np.zeros(len(items))
+    labels = np.asarray(candidate_labels, np.float64)
+    held, where = np.unique(np.asarray(candidate_items, np.int64), return_inverse=True)
+    sums = np.bincount(where, labels - labels.mean(), minlength=len(held))
+    counts = np.bincount(where, minlength=len(held))
+    at = np.clip(np.searchsorted(held, items), 0, len(held) - 1)
+    found = held[at] == items
+    return np.where(found, sums[at] / (counts[at] + shrink), 0.0)
+
+
+def with_votes(scores: np.ndarray, vote: np.ndarray, weight: float) -> np.ndarray:
+    """Probabilities ``scores`` moved by ``weight * vote`` in logit space (float32, like the model's scores)."""
+    if weight == 0:
+        return scores
+    p = np.clip(np.asarray(scores, np.float64), EPS, 1 - EPS)
+    return (1 / (1 + np.exp(-(np.log(p / (1 - p)) + weight * vote)))).astype(np.float32)

@@ -1,0 +1,41 @@
+"""Neighbour votes: the candidates' labels as a prior on the scored items (device/votes.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device.votes import votes, with_votes
+
+
+def test_a_vote_is_the_centred_label_sum_over_the_count_plus_the_shrink():
+    # candidates: item 7 liked twice, item 8 disliked once, item 9 liked once; mean label 3/4
+    cand_items, cand_labels = np.array([7, 8, 7, 9]), np.array([1, 0, 1, 1])
+    got = votes(np.array([7, 8, 9, 5, 7]), cand_items, cand_labels, shrink=1.0)
+    np.testing.assert_allclose(got, [2 * 0.25 / 3, -0.75 / 2, 0.25 / 2, 0.0, 2 * 0.25 / 3])
+
+
+def test_no_candidates_and_unheld_items_give_no_vote():
+    assert not votes(np.array([1, 2]), np.array([], np.int64), np.array([]), 1.0).any()
+    assert not votes(np.array([1, 2, 100]), np.array([50, 60]), np.array([1, 0]), 0.0).any()
+
+
+def test_a_zero_weight_keeps_the_scores_and_a_positive_one_moves_them_by_the_vote_in_logits():
+    scores = np.array([0.2, 0.5, 0.9], np.float32)
+    vote = np.array([0.5, 0.0, -1.0])
+    assert with_votes(scores, vote, 0.0) is scores
+    moved = with_votes(scores, vote, 2.0)
+    logit = np.log(scores / (1 - scores))
+    np.testing.assert_allclose(np.log(moved / (1 - moved)), logit + 2.0 * vote, atol=1e-5)
+    assert moved.dtype == np.float32
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1)), max_size=30), st.floats(0, 10))
+def test_votes_stay_within_the_label_range_around_the_mean(candidates, shrink):
+    items = np.array([i for i, _ in candidates], np.int64)
+    labels = np.array([y for _, y in candidates], np.float64)
+    got = votes(np.arange(7), items, labels, shrink)
+    mean = labels.mean() if len(labels) else 0.0
+    assert (got >= -mean - 1e-12).all() and (got <= 1 - mean + 1e-12).all()
+    assert got[6] == 0.0  # item 6 is never a candidate
