@@ -216,8 +216,7 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     candidates, cand_ex = task.candidates, task.candidate_examples
     if not ctx.arm.candidates:
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
-    vote = votes(task.test["item_id"].to_numpy(), candidates["item_id"].to_numpy(), candidates["label"].to_numpy(),
-                 cfg.votes_shrink)  # from every candidate received, before the filter
+    received = candidates  # what votes read: every candidate received, before the filter
     report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
     weight = np.ones(len(candidates))
     if ctx.arm.filtered:
@@ -247,11 +246,14 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     ctx.trainer.save(checkpoint)  # the personalized model stays on the device
     np.savez(rows, **sub.rows)
     ctx.trainer.restore(checkpoint)
-    scores = with_votes(ctx.trainer.predict(sub.localize(test_ex)), vote, cfg.votes)
+    scores = ctx.trainer.predict(sub.localize(test_ex))
+    vote = votes(task.test["item_id"].to_numpy(), received["item_id"].to_numpy(), received["label"].to_numpy(),
+                 cfg.votes_shrink) if cfg.votes else np.zeros(len(scores))
+    scores = with_votes(scores, vote, cfg.votes)
     report.update(fit_events=sum(len(f) for f in phases), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
                   steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),
                   val_loss_best=min(tuned.val_losses) if tuned.val_losses else float("nan"),
-                  finetune_seconds=round(tuned.seconds, 4), voted_events=int(np.count_nonzero(vote)) if cfg.votes else 0,
+                  finetune_seconds=round(tuned.seconds, 4), voted_events=int(np.count_nonzero(vote)),
                   seconds=round(time.perf_counter() - started, 4))
     return predictions_table(task.test, scores, ctx.arm.name), report
 

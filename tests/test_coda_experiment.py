@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,19 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from recfl.app.sections import SECTIONS, load_config
-from recfl.core import config
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError, os_error_line
 from recfl.core.pool import assign_roles
-from tools.coda_experiment import Grid, agreement, agreement_markdown, main, markdown, read_results, split_data
+from tools.coda_experiment import (
+    Grid,
+    agreement,
+    agreement_markdown,
+    check_variants,
+    main,
+    markdown,
+    read_results,
+    split_data,
+)
 
 from test_pipeline import TINY
 
@@ -119,6 +127,16 @@ def test_the_grid_wide_set_comes_before_each_variants_own(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"coda_experiment: error: --grid {grid}: set must be a list of KEY=VALUE strings"
 
 
+def test_a_variant_with_a_bad_setting_stops_the_grid_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'config = "{tmp_path / "tiny.toml"}"\n[[variant]]\nname = "ok"\n'
+                    '[[variant]]\nname = "bad"\nset = ["finetune.votes=-3"]\n')
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "coda_experiment: error: config: finetune.votes = -3.0 must be in [0, 100]"
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_table_names_any_metric():
     row = {"variant": "v", "control": "cloud", "arm": "coda", "hr@10": 0.25, "lift": 0.01, "ci_low": -0.01,
            "ci_high": 0.03, "per_seed": [0.01, 0.02], "users": 9}
@@ -131,10 +149,7 @@ def test_every_shipped_grid_names_a_valid_config_and_valid_settings():
     assert len(grids) >= 2
     for path in grids:
         grid = Grid.read(path)
-        for variant in grid.variants:
-            doc = load_config(Path(__file__).parents[1] / grid.config, list(variant.sets))
-            for name, cls in SECTIONS.items():
-                config.section(cls, doc, name)
+        check_variants(replace(grid, config=Path(__file__).parents[1] / grid.config))
 
 
 def test_agreement_counts_each_distinct_lift_once_and_measures_both_splits():

@@ -53,7 +53,7 @@ from ab_testing.evaluate import AbConfig, evaluate_seeds
 from ab_testing.predictions import read_predictions
 from device.personalize import DEVICE_FILES
 from recfl.app.pipeline import arm_predictions, run_seeds
-from recfl.app.sections import load_config
+from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.arms import CONTROL, LOCAL, names
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config
@@ -120,6 +120,14 @@ def carve_validation(test_split: Path, out: Path, pool: PoolConfig | None = None
 def holdout_roles(pool: PoolConfig | None) -> dict | None:
     """What decides a carve's held-out users (recorded in its manifest): the device users of ``pool``'s roles."""
     return None if pool is None else {"users": "device", "share_fraction": pool.share_fraction, "salt": pool.salt}
+
+
+def check_variants(grid: Grid) -> None:
+    """Refuse a variant whose settings are invalid before anything runs (not after the variants before it)."""
+    for variant in grid.variants:
+        doc = load_config(grid.config, list(variant.sets))
+        for name, cls in SECTIONS.items():
+            config.section(cls, doc, name)
 
 
 def split_data(grid: Grid, out: Path, split: str) -> Path:
@@ -274,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_grid(args: argparse.Namespace) -> None:
     """Every variant of the grid on ``args.split``, its table, and each validation-vs-test comparison both splits allow."""
     grid = Grid.read(args.grid)
+    check_variants(grid)
     data = split_data(grid, args.out, args.split)
     root, first, rows = args.out / args.split, None, []
     for variant in grid.variants:
