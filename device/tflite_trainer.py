@@ -251,26 +251,41 @@ def export(spec: ModelSpec, cache_dir: Path, batch_size: int = 32, ops: str = "a
             return path
         started = time.perf_counter()
         flatbuffer, flex = build_program(spec, batch_size, ops)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(flatbuffer)
         record = {"key": key, "spec": spec.to_json(), "batch_size": batch_size, "ops": ops, "flex_nodes": flex,
                   "bytes": len(flatbuffer), "pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
-        with open(cache_dir / "conversions.jsonl", "a") as out:
+        with open(cache_dir / "conversions.jsonl", "a") as out:  # on disk before the program: no program without its record
             out.write(json.dumps(record, sort_keys=True) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(flatbuffer)
         log.info("converted %s (%d bytes, %s) in %.1f s", path.name, len(flatbuffer),
                  f"Flex nodes: {flex}" if flex else "0 Flex nodes", record["seconds"])
     return path
 
 
 def conversions(cache_dir: Path) -> list[dict]:
-    """Every conversion recorded in ``cache_dir`` (one dict per ``.tflite`` written)."""
+    """Every conversion recorded in ``cache_dir``, oldest first. A record is written (and synced) before its
+    program, so a crash can leave a record without a program (converted again next time) or a torn last line,
+    which is skipped: it belongs to no program."""
     path = Path(cache_dir) / "conversions.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def conversion_of(program: Path) -> dict:
-    """The conversion record of a cached program (its Flex nodes, size, spec)."""
-    return next(c for c in conversions(Path(program).parent) if c["key"] == Path(program).stem)
+    """The latest conversion record of a cached program (its Flex nodes, size, spec)."""
+    program = Path(program)
+    found = [c for c in conversions(program.parent) if c.get("key") == program.stem]
+    if not found:
+        raise RecflError(f"{program}: no conversion record in {program.parent / 'conversions.jsonl'}; delete the "
+                         "program to convert it again")
+    return found[-1]
 
 
 class DeviceTrainer:

@@ -21,6 +21,7 @@ from tools.coda_experiment import (
     agreement,
     agreement_markdown,
     check_variants,
+    exclusive,
     main,
     markdown,
     read_results,
@@ -91,6 +92,33 @@ def test_the_held_out_users_follow_the_pool_roles_of_the_config(tmp_path, capsys
     assert main(["--grid", str(grid_file), "--out", str(tmp_path / "g")]) == 2
     assert ("coda_experiment: error: variant 'more sharing' changes [pool], so its device users are not the ones "
             "--split val-devices holds out; run it with --split val") in capsys.readouterr().err
+
+
+def test_the_prepared_test_split_is_never_replaced_under_a_grids_results(tmp_path):
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(TINY)
+    grid = Grid(config_file, (0,), ())
+    test = split_data(grid, tmp_path / "g", "test")
+    before = (test / "train.parquet").read_bytes()
+    assert split_data(grid, tmp_path / "g", "test") == test  # the same settings: reused
+    config_file.write_text(TINY + "[data]\ntest_fraction = 0.3\n")
+    with pytest.raises(RecflError, match=r"other data settings .*\(data\.test_fraction: 0\.2 -> 0\.3\); use another --out"):
+        split_data(grid, tmp_path / "g", "val-devices")
+    config_file.write_text(TINY.replace("users = 120", "users = 130"))  # the generator's sizes are the source
+    with pytest.raises(RecflError, match=r"synthetic: .*'users': 120.* -> .*'users': 130"):
+        split_data(grid, tmp_path / "g", "test")
+    assert (test / "train.parquet").read_bytes() == before
+
+
+def test_two_grids_never_write_one_out_folder_at_once(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    grid, out = tmp_path / "grid.toml", tmp_path / "g"
+    grid.write_text(f'config = "{tmp_path / "tiny.toml"}"\nseeds = [0]\n[[variant]]\nname = "defaults"\n')
+    with exclusive(out):  # another grid holds it
+        assert main(["--grid", str(grid), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"coda_experiment: error: {out} is in use by another coda_experiment; "
+                                               "wait for it to finish or use another --out")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing prepared or run
 
 
 def test_a_fault_of_the_machine_is_one_line(tmp_path, capsys):

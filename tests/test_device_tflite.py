@@ -13,6 +13,7 @@ from device.program import StepSettings
 from device.tflite_trainer import (
     DeviceTrainer,
     FinetuneConfig,
+    conversion_of,
     conversions,
     export,
     finetune,
@@ -181,3 +182,12 @@ def test_an_op_without_builtin_is_named_and_auto_falls_back_to_flex(tmp_path, ca
     batch = _batch(spec, np.random.default_rng(0), 8)
     assert np.isfinite(trainer.train_step(Examples(batch.item % 32, batch.cats % 8, batch.hist % 32, batch.label,
                                                    batch.user_id, batch.timestamp), StepSettings(0.1)))
+
+
+def test_a_torn_conversion_record_is_skipped_and_a_missing_one_is_a_clear_error(tmp_path):
+    record = {"key": "abc", "flex_nodes": {}}
+    (tmp_path / "conversions.jsonl").write_text(json.dumps(record) + "\n" + '{"key": "def", "fl')  # a crash mid-append
+    assert conversions(tmp_path) == [record]
+    assert conversion_of(tmp_path / "abc.tflite") == record
+    with pytest.raises(RecflError, match=r"def\.tflite: no conversion record in .*conversions\.jsonl; delete the program"):
+        conversion_of(tmp_path / "def.tflite")

@@ -32,17 +32,21 @@ seeds and users, :func:`ab_testing.evaluate.evaluate_seeds`), and the table
 goes to ``OUT/SPLIT/results.md`` and ``results.csv``. Once both splits have
 run, ``OUT/validation-vs-test.md`` (``validation-devices-vs-test.md`` for
 ``val-devices``) says how well validation predicted test (:func:`agreement`):
-the measurement behind trusting a validation choice.
+the measurement behind trusting a validation choice. ``OUT/test-data`` is
+prepared once and refused, not replaced, when the config's ``[data]`` changes;
+one grid at a time writes ``OUT`` (:func:`exclusive`).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import shutil
 import sys
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +60,7 @@ from recfl.app.pipeline import arm_predictions, run_seeds
 from recfl.app.sections import SECTIONS, load_config
 from recfl.core import config
 from recfl.core.arms import CONTROL, LOCAL, names
-from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config
+from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config, prepared_differences
 from recfl.core.errors import RecflError, os_error_line
 from recfl.core.formats.base import SourceData
 from recfl.core.pool import PoolConfig, assign_roles
@@ -134,9 +138,12 @@ def split_data(grid: Grid, out: Path, split: str) -> Path:
     """The prepared data set the grid runs on: the run config's split, or validation carved from its training events
     (``val-devices``: only the device users', by the run config's ``[pool]`` roles)."""
     doc = load_config(grid.config)
-    test = out / "test-data"
+    cfg, test = config.section(DataConfig, doc, "data"), out / "test-data"
     if not (test / "manifest.json").is_file():
-        prepare_from_config(config.section(DataConfig, doc, "data"), doc, test)
+        prepare_from_config(cfg, doc, test)
+    elif changed := prepared_differences(PreparedDataset(test), cfg, doc):  # the grid's earlier results stand on it
+        raise RecflError(f"{test} was prepared with other data settings than {grid.config} now has "
+                         f"({'; '.join(changed)}); use another --out")
     if split == "test":
         return test
     pool = config.section(PoolConfig, doc, "pool") if split == "val-devices" else None
@@ -283,6 +290,24 @@ def run_grid(args: argparse.Namespace) -> None:
     """Every variant of the grid on ``args.split``, its table, and each validation-vs-test comparison both splits allow."""
     grid = Grid.read(args.grid)
     check_variants(grid)
+    with exclusive(args.out):
+        _run_grid(grid, args)
+
+
+@contextmanager
+def exclusive(out: Path):
+    """This process's hold on ``out`` (a flock on ``out/.lock``, released when the process ends however it
+    ends): two grids writing the same variant folders at once would corrupt each other's runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecflError(f"{out} is in use by another coda_experiment; wait for it to finish or use another --out") from None
+        yield
+
+
+def _run_grid(grid: Grid, args: argparse.Namespace) -> None:
     data = split_data(grid, args.out, args.split)
     root, first, rows = args.out / args.split, None, []
     for variant in grid.variants:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -216,9 +216,26 @@ def prepare(data: SourceData, out: Path, cfg: DataConfig = DataConfig(), extra: 
 
 def load_from_config(cfg: DataConfig, doc: dict) -> tuple[SourceData, dict]:
     """The configured source (``[synthetic]`` sizes for the generator, seeded by ``data.seed``) and its manifest extras."""
-    spec = config.section(SyntheticSpec, doc, "synthetic", seed=cfg.seed)
-    extra = {"synthetic": config.as_table(spec)} if cfg.format == "synthetic" else {}
-    return load(cfg.format, cfg.path, spec), extra
+    return load(cfg.format, cfg.path, _synthetic_spec(cfg, doc)), manifest_extras(cfg, doc)
+
+
+def _synthetic_spec(cfg: DataConfig, doc: dict) -> SyntheticSpec:
+    return config.section(SyntheticSpec, doc, "synthetic", seed=cfg.seed)
+
+
+def manifest_extras(cfg: DataConfig, doc: dict) -> dict:
+    """What a prepared set's manifest records beyond ``[data]``: the generator's sizes for synthetic data."""
+    return {"synthetic": config.as_table(_synthetic_spec(cfg, doc))} if cfg.format == "synthetic" else {}
+
+
+def prepared_differences(prepared: "PreparedDataset", cfg: DataConfig, doc: dict) -> list[str]:
+    """How ``prepared`` differs from what ``cfg`` (and ``doc``'s ``[synthetic]``) would prepare, one
+    ``key: had -> wants`` per setting; empty when it is the same split of the same source."""
+    had = prepared.settings
+    keys = [f.name for f in fields(DataConfig) if not (f.name == "path" and cfg.format == "synthetic")]  # sizes, below
+    out = [f"data.{key}: {getattr(had, key)!r} -> {getattr(cfg, key)!r}" for key in keys if getattr(had, key) != getattr(cfg, key)]
+    return out + [f"{key}: {prepared.manifest.get(key)!r} -> {value!r}"
+                  for key, value in manifest_extras(cfg, doc).items() if prepared.manifest.get(key) != value]
 
 
 def prepare_from_config(cfg: DataConfig, doc: dict, out: Path) -> "PreparedDataset":
