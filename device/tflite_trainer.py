@@ -63,8 +63,8 @@ class FinetuneConfig:
     trainable: tuple[str, ...] = GROUPS  # weight groups fine-tuning moves: tables, dense, private
     candidate_weight: float = 1.0  # loss weight of a matched cloud sample relative to one of the user's own
     schedule: str = "joint"  # joint: candidates and own events together | sequential: candidates first, then own events
-    votes: float = 0.0  # weight of the candidates' labels as a prior on the scored items, in logits (device/votes.py)
-    votes_shrink: float = 1.0  # pseudo-count of a vote: one neighbour's label counts 1 / (1 + shrink)
+    votes: float = 1.0  # weight of the candidates' labels as a prior on the scored items, in logits (device/votes.py)
+    votes_shrink: float = 3.0  # pseudo-count of a vote: one neighbour's label counts 1 / (1 + shrink)
     item_capacity: int = 4096  # rows of the exported item table: one .tflite per capacity
     category_capacity: int = 256
     ops: str = "auto"  # auto: TFLite builtins, Flex only for ops without a builtin | builtin | flex
