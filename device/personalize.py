@@ -248,8 +248,8 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     ctx.trainer.restore(checkpoint)
     scores = ctx.trainer.predict(sub.localize(test_ex))
     vote = votes(task.test["item_id"].to_numpy(), received["item_id"].to_numpy(), received["label"].to_numpy(),
-                 cfg.votes_shrink) if cfg.votes else np.zeros(len(scores))
-    scores = with_votes(scores, vote, cfg.votes)
+                 cfg.votes_shrink) if cfg.votes and ctx.arm.candidates else np.zeros(len(scores))
+    scores = with_votes(scores, vote, cfg.votes)  # unchanged where no vote: every score of an arm without candidates
     report.update(fit_events=sum(len(f) for f in phases), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
                   steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),
                   val_loss_best=min(tuned.val_losses) if tuned.val_losses else float("nan"),

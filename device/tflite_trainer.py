@@ -253,8 +253,10 @@ def export(spec: ModelSpec, cache_dir: Path, batch_size: int = 32, ops: str = "a
         flatbuffer, flex = build_program(spec, batch_size, ops)
         record = {"key": key, "spec": spec.to_json(), "batch_size": batch_size, "ops": ops, "flex_nodes": flex,
                   "bytes": len(flatbuffer), "pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
-        with open(cache_dir / "conversions.jsonl", "a") as out:  # on disk before the program: no program without its record
-            out.write(json.dumps(record, sort_keys=True) + "\n")
+        log_path = cache_dir / "conversions.jsonl"
+        torn = log_path.is_file() and log_path.stat().st_size and not log_path.read_bytes().endswith(b"\n")
+        with open(log_path, "a") as out:  # on disk before the program: no program without its record
+            out.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")  # never glued to a torn line
             out.flush()
             os.fsync(out.fileno())
         with atomic_path(path) as tmp:
@@ -266,15 +268,17 @@ def export(spec: ModelSpec, cache_dir: Path, batch_size: int = 32, ops: str = "a
 
 def conversions(cache_dir: Path) -> list[dict]:
     """Every conversion recorded in ``cache_dir``, oldest first. A record is written (and synced) before its
-    program, so a crash can leave a record without a program (converted again next time) or a torn last line,
-    which is skipped: it belongs to no program."""
+    program, so a crash can leave a record without a program (converted again next time) or a torn line, which
+    is skipped: it belongs to no program (the next record starts on a line of its own)."""
     path = Path(cache_dir) / "conversions.jsonl"
     records = []
     for line in path.read_text().splitlines() if path.is_file() else ():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

@@ -36,8 +36,10 @@ def votes(items: np.ndarray, candidate_items: np.ndarray, candidate_labels: np.n
 
 
 def with_votes(scores: np.ndarray, vote: np.ndarray, weight: float) -> np.ndarray:
-    """Probabilities ``scores`` moved by ``weight * vote`` in logit space (float32, like the model's scores)."""
-    if weight == 0:
-        return scores
-    p = np.clip(np.asarray(scores, np.float64), EPS, 1 - EPS)
-    return (1 / (1 + np.exp(-(np.log(p / (1 - p)) + weight * vote)))).astype(np.float32)
+    """Probabilities ``scores`` moved by ``weight * vote`` in logit space (float32, like the model's scores); a
+    score without a vote is returned as it was, bit for bit."""
+    out = np.array(scores, np.float32)
+    moved = (np.asarray(vote) != 0) & (weight != 0)
+    p = np.clip(out[moved].astype(np.float64), EPS, 1 - EPS)
+    out[moved] = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + weight * np.asarray(vote)[moved])))
+    return out

@@ -110,6 +110,45 @@ def test_the_prepared_test_split_is_never_replaced_under_a_grids_results(tmp_pat
     assert (test / "train.parquet").read_bytes() == before
 
 
+@pytest.mark.parametrize("path", ["{d}", "{d}/", "{d}/u.data", "{rel}"])
+def test_any_spelling_of_the_same_source_reuses_the_prepared_split(tmp_path, fixtures, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(fixtures / "ml100k")
+    config_file = tmp_path / "c.toml"
+    grid = Grid(config_file, (0,), ())
+    config_file.write_text(f'[data]\nformat = "movielens-100k"\npath = "{fixtures / "ml100k"}"\n')
+    test = split_data(grid, tmp_path / "g", "test")
+    config_file.write_text(f'[data]\nformat = "movielens-100k"\npath = "{path.format(d=fixtures / "ml100k", rel="./data//")}"\n')
+    assert split_data(grid, tmp_path / "g", "test") == test
+    config_file.write_text(f'[data]\nformat = "movielens-100k"\npath = "{fixtures / "ml1m"}"\n')
+    with pytest.raises(RecflError, match=r"data\.path: .*ml100k' -> .*ml1m'"):
+        split_data(grid, tmp_path / "g", "test")
+
+
+@pytest.mark.parametrize("manifest", ["{}", "[]", "null", '{"source": "synthetic"}', "{not json"])
+def test_a_damaged_prepared_split_is_one_line_and_left_alone(tmp_path, capsys, manifest):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'config = "{tmp_path / "tiny.toml"}"\nseeds = [0]\n[[variant]]\nname = "defaults"\n')
+    split_data(Grid.read(grid), tmp_path / "g", "test")
+    (tmp_path / "g" / "test-data" / "manifest.json").write_text(manifest)
+    assert main(["--grid", str(grid), "--out", str(tmp_path / "g"), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("coda_experiment: error: ")
+    assert err.rstrip().endswith(f"(here: delete {tmp_path / 'g' / 'test-data'} and run the grid again, or use another --out)")
+    assert (tmp_path / "g" / "test-data" / "manifest.json").read_text() == manifest
+
+
+def test_a_setting_the_split_does_not_read_is_no_change(tmp_path):
+    config_file = tmp_path / "tiny.toml"
+    loo = TINY + '[data]\nsplit = "leave_one_out"\nnegatives = 5\n'
+    config_file.write_text(loo)
+    grid = Grid(config_file, (0,), ())
+    test = split_data(grid, tmp_path / "g", "test")
+    config_file.write_text(loo + "test_fraction = 0.5\n")  # leave-one-out holds out one event whatever it says
+    assert split_data(grid, tmp_path / "g", "test") == test
+
+
 def test_two_grids_never_write_one_out_folder_at_once(tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(TINY)
     grid, out = tmp_path / "grid.toml", tmp_path / "g"

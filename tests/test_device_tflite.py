@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from device import tflite_trainer
 from device.program import StepSettings
 from device.tflite_trainer import (
     DeviceTrainer,
@@ -186,8 +187,25 @@ def test_an_op_without_builtin_is_named_and_auto_falls_back_to_flex(tmp_path, ca
 
 def test_a_torn_conversion_record_is_skipped_and_a_missing_one_is_a_clear_error(tmp_path):
     record = {"key": "abc", "flex_nodes": {}}
-    (tmp_path / "conversions.jsonl").write_text(json.dumps(record) + "\n" + '{"key": "def", "fl')  # a crash mid-append
+    (tmp_path / "conversions.jsonl").write_text("[1]\n" + json.dumps(record) + "\n" + '{"key": "def", "fl')  # a crash mid-append
     assert conversions(tmp_path) == [record]
     assert conversion_of(tmp_path / "abc.tflite") == record
     with pytest.raises(RecflError, match=r"def\.tflite: no conversion record in .*conversions\.jsonl; delete the program"):
         conversion_of(tmp_path / "def.tflite")
+
+
+def test_a_conversion_is_recorded_before_its_program_and_never_glued_to_a_torn_record(tmp_path, monkeypatch):
+    spec = spec_of("mean")
+    (tmp_path / "conversions.jsonl").write_text('{"key": "0123", "fl')  # a crash mid-append left this
+
+    def full_disk(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tflite_trainer, "atomic_path", full_disk)
+    with pytest.raises(OSError):
+        export(spec, tmp_path, BATCH, "builtin")
+    (record,) = conversions(tmp_path)  # on disk before the program, which never was
+    assert not (tmp_path / f"{record['key']}.tflite").exists()
+    monkeypatch.undo()
+    path = export(spec, tmp_path, BATCH, "builtin")  # converted again, recorded again
+    assert conversion_of(path)["key"] == path.stem and len(conversions(tmp_path)) == 2

@@ -24,11 +24,17 @@ def test_no_candidates_and_unheld_items_give_no_vote():
 def test_a_zero_weight_keeps_the_scores_and_a_positive_one_moves_them_by_the_vote_in_logits():
     scores = np.array([0.2, 0.5, 0.9], np.float32)
     vote = np.array([0.5, 0.0, -1.0])
-    assert with_votes(scores, vote, 0.0) is scores
+    np.testing.assert_array_equal(with_votes(scores, vote, 0.0), scores)
     moved = with_votes(scores, vote, 2.0)
     logit = np.log(scores / (1 - scores))
     np.testing.assert_allclose(np.log(moved / (1 - moved)), logit + 2.0 * vote, atol=1e-5)
     assert moved.dtype == np.float32
+
+
+def test_a_score_without_a_vote_keeps_every_bit_even_at_the_extremes():
+    scores = np.array([0.0, 1.0, 1e-9, 1 - 1e-9, 0.3], np.float32)  # the logit's clipping must not touch them
+    kept = with_votes(scores, np.zeros(5), 1.0)
+    assert kept.tobytes() == scores.tobytes() and kept is not scores
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1)), max_size=30), st.floats(0, 10))

@@ -141,9 +141,14 @@ def split_data(grid: Grid, out: Path, split: str) -> Path:
     cfg, test = config.section(DataConfig, doc, "data"), out / "test-data"
     if not (test / "manifest.json").is_file():
         prepare_from_config(cfg, doc, test)
-    elif changed := prepared_differences(PreparedDataset(test), cfg, doc):  # the grid's earlier results stand on it
-        raise RecflError(f"{test} was prepared with other data settings than {grid.config} now has "
-                         f"({'; '.join(changed)}); use another --out")
+    else:  # the grid's earlier results stand on it: never replaced here
+        try:
+            changed = prepared_differences(PreparedDataset(test), cfg, doc)
+        except RecflError as exc:
+            raise RecflError(f"{exc} (here: delete {test} and run the grid again, or use another --out)") from None
+        if changed:
+            raise RecflError(f"{test} was prepared with other data settings than {grid.config} now has "
+                             f"({'; '.join(changed)}); use another --out")
     if split == "test":
         return test
     pool = config.section(PoolConfig, doc, "pool") if split == "val-devices" else None
@@ -299,7 +304,7 @@ def exclusive(out: Path):
     """This process's hold on ``out`` (a flock on ``out/.lock``, released when the process ends however it
     ends): two grids writing the same variant folders at once would corrupt each other's runs."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as lock:
+    with open(out / ".lock", "a") as lock:  # "a": never truncates what a stray link points to
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

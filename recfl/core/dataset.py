@@ -232,10 +232,24 @@ def prepared_differences(prepared: "PreparedDataset", cfg: DataConfig, doc: dict
     """How ``prepared`` differs from what ``cfg`` (and ``doc``'s ``[synthetic]``) would prepare, one
     ``key: had -> wants`` per setting; empty when it is the same split of the same source."""
     had = prepared.settings
-    keys = [f.name for f in fields(DataConfig) if not (f.name == "path" and cfg.format == "synthetic")]  # sizes, below
-    out = [f"data.{key}: {getattr(had, key)!r} -> {getattr(cfg, key)!r}" for key in keys if getattr(had, key) != getattr(cfg, key)]
+    moot = {"path"}  # compared as places below; a synthetic set's "path" is its sizes, compared with the extras
+    if had.split == cfg.split == LEAVE_ONE_OUT:
+        moot.add("test_fraction")  # leave-one-out does not read it
+    out = [f"data.{f.name}: {getattr(had, f.name)!r} -> {getattr(cfg, f.name)!r}" for f in fields(DataConfig)
+           if f.name not in moot and getattr(had, f.name) != getattr(cfg, f.name)]
+    if cfg.format != "synthetic" and not _same_place(had.path, cfg.path):
+        out.append(f"data.path: {had.path!r} -> {cfg.path!r}")
     return out + [f"{key}: {prepared.manifest.get(key)!r} -> {value!r}"
                   for key, value in manifest_extras(cfg, doc).items() if prepared.manifest.get(key) != value]
+
+
+def _same_place(recorded: str | None, configured: str | None) -> bool:
+    """Whether a configured source path names what a prepared set recorded: a loader records the path it read,
+    normalised, and a folder format (MovieLens) the folder of a file it was given."""
+    if recorded is None or configured is None:
+        return recorded == configured
+    was, now = Path(recorded).resolve(), Path(configured).resolve()
+    return was == now or (now.is_file() and now.parent == was)
 
 
 def prepare_from_config(cfg: DataConfig, doc: dict, out: Path) -> "PreparedDataset":
@@ -299,11 +313,16 @@ class PreparedDataset:
     def settings(self) -> DataConfig:
         """The ``[data]`` settings this set was prepared with; ``prepare(source, out, settings)`` splits any
         other events the same way (e.g. a validation split carved from this set's training events)."""
-        m, rule = self.manifest, self.negatives
-        return DataConfig(format=m["source"], path=m["path"], split=m.get("split", "time_fraction"),
-                          test_fraction=m["test_fraction"], min_count=m["min_count"],
-                          min_user_events=m.get("min_user_events", 1), negatives=rule["test_per_positive"],
-                          negative_sampling=rule["sampling"], train_negatives=rule["train_per_positive"], seed=m["seed"])
+        try:
+            m, rule = self.manifest, self.negatives
+            return DataConfig(format=m["source"], path=m["path"], split=m.get("split", "time_fraction"),
+                              test_fraction=m["test_fraction"], min_count=m["min_count"],
+                              min_user_events=m.get("min_user_events", 1), negatives=rule["test_per_positive"],
+                              negative_sampling=rule["sampling"], train_negatives=rule["train_per_positive"],
+                              seed=m["seed"])
+        except (KeyError, TypeError, AttributeError, ValueError, RecflError) as exc:  # edited or from elsewhere
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise RecflError(f"{self.root / 'manifest.json'}: damaged manifest ({detail}); prepare the data set again") from None
 
     @property
     def train_negatives(self) -> int:
