@@ -253,10 +253,12 @@ def export(spec: ModelSpec, cache_dir: Path, batch_size: int = 32, ops: str = "a
         flatbuffer, flex = build_program(spec, batch_size, ops)
         record = {"key": key, "spec": spec.to_json(), "batch_size": batch_size, "ops": ops, "flex_nodes": flex,
                   "bytes": len(flatbuffer), "pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
-        log_path = cache_dir / "conversions.jsonl"
-        torn = log_path.is_file() and log_path.stat().st_size and not log_path.read_bytes().endswith(b"\n")
-        with open(log_path, "a") as out:  # on disk before the program: no program without its record
-            out.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")  # never glued to a torn line
+        with open(cache_dir / "conversions.jsonl", "a+b") as out:  # on disk before the program: no program without its record
+            end = out.seek(0, os.SEEK_END)
+            if end:
+                out.seek(end - 1)
+            torn = bool(end) and out.read(1) != b"\n"  # a crash mid-append left a partial line: start a new one
+            out.write((("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n").encode())
             out.flush()
             os.fsync(out.fileno())
         with atomic_path(path) as tmp:
@@ -272,7 +274,7 @@ def conversions(cache_dir: Path) -> list[dict]:
     is skipped: it belongs to no program (the next record starts on a line of its own)."""
     path = Path(cache_dir) / "conversions.jsonl"
     records = []
-    for line in path.read_text().splitlines() if path.is_file() else ():
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else ():  # damaged bytes: skipped lines
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

@@ -38,8 +38,8 @@ def votes(items: np.ndarray, candidate_items: np.ndarray, candidate_labels: np.n
 def with_votes(scores: np.ndarray, vote: np.ndarray, weight: float) -> np.ndarray:
     """Probabilities ``scores`` moved by ``weight * vote`` in logit space (float32, like the model's scores); a
     score without a vote is returned as it was, bit for bit."""
-    out = np.array(scores, np.float32)
-    moved = (np.asarray(vote) != 0) & (weight != 0)
+    out, vote = np.array(scores, np.float32), np.asarray(vote)
+    moved = (vote != 0) & (weight != 0)
     p = np.clip(out[moved].astype(np.float64), EPS, 1 - EPS)
-    out[moved] = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + weight * np.asarray(vote)[moved])))
+    out[moved] = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + weight * vote[moved])))
     return out
