@@ -216,23 +216,27 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     candidates, cand_ex = task.candidates, task.candidate_examples
     if not ctx.arm.candidates:
         candidates, cand_ex = candidates.iloc[:0], cand_ex.take(slice(0, 0))
-    received = candidates  # what votes read: every candidate received, before the filter
+    voters = candidates  # what votes read: every candidate received, or (votes_from = "kept") what the filter keeps
     report["candidate_bytes"] = int(sum(getattr(cand_ex, k).nbytes for k in ("item", "cats", "hist", "label")))  # downloaded
-    weight = np.ones(len(candidates))
+    weight = voter_weight = np.ones(len(candidates))
     if ctx.arm.filtered:
         result = filter_candidates(local, candidates, ctx.knowledge, ctx.filter_config, local_ex.hist, cand_ex.hist)
         report.update(result.report())
         candidates, cand_ex, weight = candidates[result.keep], cand_ex.take(result.keep), result.weight[result.keep]
+        if cfg.votes_from == "kept":
+            voters, voter_weight = candidates, weight
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
     cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
     cand_ex = cand_ex.take(similarity_order(candidates))
+    if not cfg.candidate_weight:  # the candidates only vote: fine-tuning sees what local's does
+        cand_ex = cand_ex.take(slice(0, 0))
     capacity = cfg.capacity(ctx.spec)
     base = Submodel.covering(ctx.spec, local_ex, test_ex)
     fit_n = capacity_prefix(base, cand_ex, capacity)
-    cand_ex = cand_ex.take(slice(0, fit_n))
+    trimmed, cand_ex = len(cand_ex) - fit_n, cand_ex.take(slice(0, fit_n))
     sub = Submodel.covering(ctx.spec, local_ex, test_ex, cand_ex)
-    report.update(trimmed=int(report["kept"] - fit_n), trained_candidates=fit_n, submodel_bytes=sub.payload_bytes(ctx.params),
+    report.update(trimmed=trimmed, trained_candidates=fit_n, submodel_bytes=sub.payload_bytes(ctx.params),
                   **{f"{table}_rows": rows for table, rows in sub.sizes.items()})
 
     n_val = validation_split(len(local_ex), cfg.val_fraction)
@@ -247,8 +251,8 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
     np.savez(rows, **sub.rows)
     ctx.trainer.restore(checkpoint)
     scores = ctx.trainer.predict(sub.localize(test_ex))
-    vote = votes(task.test["item_id"].to_numpy(), received["item_id"].to_numpy(), received["label"].to_numpy(),
-                 cfg.votes_shrink) if cfg.votes and ctx.arm.candidates else np.zeros(len(scores))
+    vote = votes(task.test["item_id"].to_numpy(), voters["item_id"].to_numpy(), voters["label"].to_numpy(),
+                 cfg.votes_shrink, voter_weight) if cfg.votes and ctx.arm.candidates else np.zeros(len(scores))
     scores = with_votes(scores, vote, cfg.votes)  # unchanged where no vote: every score of an arm without candidates
     report.update(fit_events=sum(len(f) for f in phases), val_events=len(val), epochs=tuned.epochs, best_epoch=tuned.best_epoch,
                   steps=tuned.steps, val_loss_before=tuned.val_losses[0] if tuned.val_losses else float("nan"),

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # bump when the exported program changes
 OPS = ("auto", "builtin", "flex")
 SCHEDULES = ("joint", "sequential")
-CANDIDATE_KEYS = ("candidate_weight", "schedule", "votes", "votes_shrink")  # [finetune] keys only an arm with candidates reads
+VOTERS = ("received", "kept")
+CANDIDATE_KEYS = ("candidate_weight", "schedule", "votes", "votes_shrink", "votes_from")  # [finetune] keys only an arm with candidates reads
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,11 @@ class FinetuneConfig:
     loss: str = "pointwise"  # pointwise | pairwise | mixed
     elastic: float = 0.0  # pull toward the global weights (lambda of an L2 penalty on the difference)
     trainable: tuple[str, ...] = GROUPS  # weight groups fine-tuning moves: tables, dense, private
-    candidate_weight: float = 1.0  # loss weight of a matched cloud sample relative to one of the user's own
+    candidate_weight: float = 1.0  # loss weight of a matched cloud sample relative to one of the user's own; 0: not trained on
     schedule: str = "joint"  # joint: candidates and own events together | sequential: candidates first, then own events
     votes: float = 1.0  # weight of the candidates' labels as a prior on the scored items, in logits (device/votes.py)
     votes_shrink: float = 3.0  # pseudo-count of a vote: one neighbour's label counts 1 / (1 + shrink)
+    votes_from: str = "received"  # received: every candidate, weight 1 | kept: what the filter keeps, at its weights
     item_capacity: int = 4096  # rows of the exported item table: one .tflite per capacity
     category_capacity: int = 256
     ops: str = "auto"  # auto: TFLite builtins, Flex only for ops without a builtin | builtin | flex
@@ -72,8 +74,10 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
-                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight="> 0",
+                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight=">= 0",
                      votes="[0, 100]", votes_shrink="[0, 1000]")
+        if self.votes_from not in VOTERS:
+            raise RecflError(f"finetune.votes_from = {self.votes_from!r}: choose one of {', '.join(VOTERS)}")
         if self.schedule not in SCHEDULES:
             raise RecflError(f"finetune.schedule = {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.ops not in OPS:

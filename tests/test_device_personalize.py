@@ -108,6 +108,38 @@ def test_votes_move_the_scores_of_arms_with_candidates_by_their_labels_and_leave
     assert report["voted_events"].sum() > 0
 
 
+def test_candidates_that_only_vote_leave_fine_tuning_as_local_does_it(setup, tmp_path, capsys):
+    """candidate_weight = 0: coda fine-tunes exactly like local (same weights), and without votes scores like it."""
+    assert _run(setup, "local", tmp_path / "local.parquet") == 0
+    assert _run(setup, "coda", tmp_path / "coda.parquet", "--set", "finetune.candidate_weight=0.0",
+                "--set", "finetune.votes=0.0") == 0
+    capsys.readouterr()
+    local, coda = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("local", "coda"))
+    np.testing.assert_array_equal(coda["score"], local["score"])
+    for user in local["user_id"].unique():
+        a, b = (np.load(tmp_path / f"{n}.devices" / f"{user}.weights.npz") for n in ("local", "coda"))
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    report = pd.read_parquet(tmp_path / "coda.devices" / "users.parquet")
+    assert (report["trained_candidates"] == 0).all() and (report["trimmed"] == 0).all() and (report["kept"] > 0).all()
+
+
+def test_votes_from_the_kept_candidates_follow_the_filter(setup, tmp_path, capsys):
+    """votes_from = "kept": a filter that keeps nothing leaves no vote; one that keeps all votes like every candidate."""
+    only_vote = ["--set", "finetune.candidate_weight=0.0", "--set", "finetune.votes=2.0"]
+    assert _run(setup, "coda", tmp_path / "received.parquet", *only_vote) == 0
+    assert _run(setup, "coda", tmp_path / "all.parquet", *only_vote, "--set", 'finetune.votes_from="kept"',
+                "--set", "filter.keep_fraction=1.0") == 0
+    assert _run(setup, "coda", tmp_path / "none.parquet", *only_vote, "--set", 'finetune.votes_from="kept"',
+                "--set", "filter.keep_fraction=0.0") == 0
+    assert _run(setup, "local", tmp_path / "local.parquet") == 0
+    capsys.readouterr()
+    received, kept_all, none, local = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("received", "all", "none", "local"))
+    np.testing.assert_array_equal(kept_all["score"], received["score"])
+    assert not np.allclose(received["score"], local["score"], atol=1e-4)
+    np.testing.assert_array_equal(none["score"], local["score"])
+    assert (pd.read_parquet(tmp_path / "none.devices" / "users.parquet")["voted_events"] == 0).all()
+
+
 def test_workers_give_the_same_result_without_converting(setup, tmp_path, capsys):
     assert _run(setup, "coda", tmp_path / "one.parquet") == 0
     capsys.readouterr()

@@ -45,3 +45,19 @@ def test_votes_stay_within_the_label_range_around_the_mean(candidates, shrink):
     mean = labels.mean() if len(labels) else 0.0
     assert (got >= -mean - 1e-12).all() and (got <= 1 - mean + 1e-12).all()
     assert got[6] == 0.0  # item 6 is never a candidate
+
+
+def test_weighted_votes_weigh_each_candidate_and_ones_are_the_unweighted_vote():
+    cand_items, cand_labels = np.array([7, 8, 7, 9]), np.array([1, 0, 0, 1])
+    items = np.array([7, 8, 9, 5])
+    plain = votes(items, cand_items, cand_labels, 2.0)
+    assert votes(items, cand_items, cand_labels, 2.0, np.ones(4)).tobytes() == plain.tobytes()
+    w = np.array([3.0, 1.0, 1.0, 0.0])  # weighted mean label 3/5; item 9's only candidate weighs nothing
+    np.testing.assert_allclose(votes(items, cand_items, cand_labels, 2.0, w),
+                               [(3 * 0.4 + 1 * -0.6) / (4 + 2), -0.6 / (1 + 2), 0.0, 0.0])
+
+
+def test_weightless_candidates_give_no_vote_even_without_a_shrink():
+    got = votes(np.array([7, 8]), np.array([7, 8]), np.array([1, 0]), 0.0, np.array([1.0, 0.0]))
+    assert np.isfinite(got).all() and got[1] == 0.0
+    assert not votes(np.array([7]), np.array([7]), np.array([1]), 0.0, np.array([0.0])).any()
