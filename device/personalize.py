@@ -229,7 +229,7 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
         report.update(candidates=len(candidates), kept=len(candidates))
     cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
     cand_ex = cand_ex.take(similarity_order(candidates))
-    if not cfg.candidate_weight:  # the candidates only vote: fine-tuning sees what local's does
+    if not np.float32(cfg.candidate_weight):  # the candidates only vote: fine-tuning sees what local's does
         cand_ex = cand_ex.take(slice(0, 0))
     capacity = cfg.capacity(ctx.spec)
     base = Submodel.covering(ctx.spec, local_ex, test_ex)

@@ -74,7 +74,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_limits(self, "finetune", learning_rate="> 0", batch_size=">= 1", max_epochs=">= 0", patience=">= 1",
-                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight=">= 0",
+                     val_fraction="[0, 1)", item_capacity=">= 3", category_capacity=">= 3", candidate_weight="[0, 1000]",
                      votes="[0, 100]", votes_shrink="[0, 1000]")
         if self.votes_from not in VOTERS:
             raise RecflError(f"finetune.votes_from = {self.votes_from!r}: choose one of {', '.join(VOTERS)}")

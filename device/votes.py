@@ -27,6 +27,8 @@ def votes(items: np.ndarray, candidate_items: np.ndarray, candidate_labels: np.n
     """``vote(i)`` for each of ``items`` (0 where no candidate holds the item); ``weights`` per candidate, ones if None."""
     items = np.asarray(items, np.int64)
     w = np.ones(len(candidate_items)) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (len(candidate_items),) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"votes: weights must be {len(candidate_items)} finite values >= 0")
     if not w.sum() > 0:
         return np.zeros(len(items))
     labels = np.asarray(candidate_labels, np.float64)

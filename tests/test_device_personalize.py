@@ -136,6 +136,12 @@ def test_votes_from_the_kept_candidates_follow_the_filter(setup, tmp_path, capsy
     received, kept_all, none, local = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("received", "all", "none", "local"))
     np.testing.assert_array_equal(kept_all["score"], received["score"])
     assert not np.allclose(received["score"], local["score"], atol=1e-4)
+    assert _run(setup, "coda", tmp_path / "odds.parquet", *only_vote, "--set", 'finetune.votes_from="kept"',
+                "--set", "filter.keep_fraction=1.0", "--set", 'filter.weighting="odds"', "--set", "filter.min_local=3") == 0
+    capsys.readouterr()
+    odds = pd.read_parquet(tmp_path / "odds.parquet")
+    assert (pd.read_parquet(tmp_path / "odds.devices" / "users.parquet")["filter_path"] == "classifier").any()
+    assert not np.allclose(odds["score"], received["score"], atol=1e-5)  # the filter's odds weigh the voters
     np.testing.assert_array_equal(none["score"], local["score"])
     assert (pd.read_parquet(tmp_path / "none.devices" / "users.parquet")["voted_events"] == 0).all()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -61,3 +62,9 @@ def test_weightless_candidates_give_no_vote_even_without_a_shrink():
     got = votes(np.array([7, 8]), np.array([7, 8]), np.array([1, 0]), 0.0, np.array([1.0, 0.0]))
     assert np.isfinite(got).all() and got[1] == 0.0
     assert not votes(np.array([7]), np.array([7]), np.array([1]), 0.0, np.array([0.0])).any()
+
+
+def test_weights_that_are_not_one_finite_non_negative_value_per_candidate_are_refused():
+    for bad in (np.array([1.0, np.inf]), np.array([1.0, np.nan]), np.array([1.0, -1.0]), np.array([1.0])):
+        with pytest.raises(ValueError, match="weights must be 2 finite values >= 0"):
+            votes(np.array([7]), np.array([7, 8]), np.array([1, 0]), 1.0, bad)

@@ -386,7 +386,7 @@ def test_fine_tuning_mistakes_are_one_line_errors_before_anything_runs(finished,
                              ("finetune.elastic=-1", "finetune.elastic = -1.0 must be >= 0"),
                              ("finetune.elastic=10", "finetune.elastic * finetune.learning_rate = 2 must be < 2"),
                              ("finetune.schedule=\"interleaved\"", "finetune.schedule = 'interleaved': choose one of"),
-                             ("finetune.candidate_weight=-0.5", "finetune.candidate_weight = -0.5 must be >= 0"),
+                             ("finetune.candidate_weight=-0.5", "finetune.candidate_weight = -0.5 must be in [0, 1000]"),
                              ("finetune.votes_from=\"pool\"", "finetune.votes_from = 'pool': choose one of received, kept")):
         assert main(["run", "--out", str(tmp / "never"), "--config", str(_config(tmp)), "--set", setting]) == 2
         err = capsys.readouterr().err
