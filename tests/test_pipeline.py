@@ -377,6 +377,28 @@ def test_live_loop_mistakes_are_one_line_errors(finished, capsys):
     assert not (tmp / "never").exists()
 
 
+def test_two_runs_never_write_one_out_folder_at_once(finished, capsys):
+    """A run folder another process is writing is one line, and nothing in it changes; once free, it runs."""
+    tmp, out = finished
+    busy = tmp / "busy"
+    shutil.copytree(out, busy)
+    before = {p: p.stat().st_mtime_ns for p in busy.rglob("*") if p.is_file() and p.name != ".lock"}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from recfl.core.locks import exclusive\n"
+                               "with exclusive(Path(sys.argv[1]), 'recfl run'):\n print('held', flush=True); time.sleep(60)",
+                               str(busy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", "--out", str(busy), "--config", str(_config(tmp))]) == 2
+        err = capsys.readouterr().err
+        assert err == f"recfl: error: {busy} is in use by another recfl run; wait for it to finish or use another --out\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p: p.stat().st_mtime_ns for p in busy.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert main(["run", "--out", str(busy), "--config", str(_config(tmp))]) == 0  # the lock died with its process
+
+
 def test_fine_tuning_mistakes_are_one_line_errors_before_anything_runs(finished, capsys):
     """Issue 12's settings: an unknown loss or weight group, a negative pull, or a pull SGD cannot follow."""
     tmp, _ = finished

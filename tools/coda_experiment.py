@@ -34,19 +34,17 @@ run, ``OUT/validation-vs-test.md`` (``validation-devices-vs-test.md`` for
 ``val-devices``) says how well validation predicted test (:func:`agreement`):
 the measurement behind trusting a validation choice. ``OUT/test-data`` is
 prepared once and refused, not replaced, when the config's ``[data]`` changes;
-one grid at a time writes ``OUT`` (:func:`exclusive`).
+one grid at a time writes ``OUT`` (:func:`recfl.core.locks.exclusive`).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import shutil
 import sys
 import tomllib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +60,7 @@ from recfl.core import config
 from recfl.core.arms import CONTROL, LOCAL, names
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config, prepared_differences
 from recfl.core.errors import RecflError, os_error_line
+from recfl.core.locks import exclusive
 from recfl.core.formats.base import SourceData
 from recfl.core.pool import PoolConfig, assign_roles
 
@@ -295,21 +294,8 @@ def run_grid(args: argparse.Namespace) -> None:
     """Every variant of the grid on ``args.split``, its table, and each validation-vs-test comparison both splits allow."""
     grid = Grid.read(args.grid)
     check_variants(grid)
-    with exclusive(args.out):
+    with exclusive(args.out, "coda_experiment"):
         _run_grid(grid, args)
-
-
-@contextmanager
-def exclusive(out: Path):
-    """This process's hold on ``out`` (a flock on ``out/.lock``, released when the process ends however it
-    ends): two grids writing the same variant folders at once would corrupt each other's runs."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as lock:  # "a": never truncates what a stray link points to
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RecflError(f"{out} is in use by another coda_experiment; wait for it to finish or use another --out") from None
-        yield
 
 
 def _run_grid(grid: Grid, args: argparse.Namespace) -> None:
