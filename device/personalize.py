@@ -227,10 +227,9 @@ def run_device(task: DeviceTask, ctx: DeviceContext) -> tuple[pd.DataFrame, dict
             voters, voter_weight = candidates, weight
     else:
         report.update(candidates=len(candidates), kept=len(candidates))
+    trained = bool(np.float32(cfg.candidate_weight))  # 0: the candidates only vote, fine-tuning sees what local's does
     cand_ex = replace(cand_ex, weight=(cfg.candidate_weight * weight).astype(np.float32))
-    cand_ex = cand_ex.take(similarity_order(candidates))
-    if not np.float32(cfg.candidate_weight):  # the candidates only vote: fine-tuning sees what local's does
-        cand_ex = cand_ex.take(slice(0, 0))
+    cand_ex = cand_ex.take(similarity_order(candidates) if trained else slice(0, 0))
     capacity = cfg.capacity(ctx.spec)
     base = Submodel.covering(ctx.spec, local_ex, test_ex)
     fit_n = capacity_prefix(base, cand_ex, capacity)

@@ -60,8 +60,8 @@ from recfl.core import config
 from recfl.core.arms import CONTROL, LOCAL, names
 from recfl.core.dataset import DataConfig, PreparedDataset, prepare, prepare_from_config, prepared_differences
 from recfl.core.errors import RecflError, os_error_line
-from recfl.core.locks import exclusive
 from recfl.core.formats.base import SourceData
+from recfl.core.locks import exclusive
 from recfl.core.pool import PoolConfig, assign_roles
 
 log = logging.getLogger("coda_experiment")

@@ -399,34 +399,39 @@ def run(out: Path, doc: dict, data_dir: Path | None = None, only: tuple[Stage, .
         ctx.recipes[stage.name] = _recipe(settings, [ctx.recipes[d] for d in stage.depends])
     _check_out(ctx.out, pipeline, plan, force)
     with exclusive(ctx.out, "recfl run"):  # two runs writing one folder would corrupt each other's stages
-        for stage in pipeline:
-            _drop_stale(ctx.out / stage.name, plan[stage.name][0], ctx.recipes[stage.name] if stage.reuses else None)
-        fingerprints = {name: fingerprint for name, (fingerprint, _) in plan.items()}
-        _write_record(ctx, fingerprints)
-        for number, stage in enumerate(pipeline, start=1):
-            interrupts.check()
-            fingerprint, settings = plan[stage.name]
-            marker = ctx.out / stage.name / "stage.json"
-            done = _read_json(marker)
-            label = f"[{number}/{len(pipeline)}] {stage.name}"
-            if done and done.get("fingerprint") == fingerprint and done.get("layout") == LAYOUT:
-                log.info("%s: up to date, skipped", label)
-                ctx.results[stage.name] = done["result"]
-            else:
-                log.info("%s: running", label)
-                started = time.time()
-                _prepare_stage_dir(marker.parent, fingerprint, settings)
-                result = stage.run(ctx, marker.parent)
-                write_json_atomic(marker, {"fingerprint": fingerprint, "recipe": ctx.recipes[stage.name], "layout": LAYOUT,
-                                           "settings": settings, "result": result, "seconds": round(time.time() - started, 2)})
-                if stage.reuses:
-                    shutil.rmtree(marker.parent.with_name(stage.name + PREVIOUS), ignore_errors=True)
-                ctx.results[stage.name] = result
-                log.info("%s: done in %.1fs", label, time.time() - started)
-            if stage.check is not None:
-                stage.check(ctx)
-            _write_record(ctx, fingerprints)
+        _run_stages(ctx, pipeline, plan)
     return ctx.results
+
+
+def _run_stages(ctx: RunContext, pipeline: tuple[Stage, ...], plan: dict[str, tuple[str, dict]]) -> None:
+    """Drop stale stage folders, then run (or skip) each stage in order, keeping ``OUT/run.json`` current."""
+    for stage in pipeline:
+        _drop_stale(ctx.out / stage.name, plan[stage.name][0], ctx.recipes[stage.name] if stage.reuses else None)
+    fingerprints = {name: fingerprint for name, (fingerprint, _) in plan.items()}
+    _write_record(ctx, fingerprints)
+    for number, stage in enumerate(pipeline, start=1):
+        interrupts.check()
+        fingerprint, settings = plan[stage.name]
+        marker = ctx.out / stage.name / "stage.json"
+        done = _read_json(marker)
+        label = f"[{number}/{len(pipeline)}] {stage.name}"
+        if done and done.get("fingerprint") == fingerprint and done.get("layout") == LAYOUT:
+            log.info("%s: up to date, skipped", label)
+            ctx.results[stage.name] = done["result"]
+        else:
+            log.info("%s: running", label)
+            started = time.time()
+            _prepare_stage_dir(marker.parent, fingerprint, settings)
+            result = stage.run(ctx, marker.parent)
+            write_json_atomic(marker, {"fingerprint": fingerprint, "recipe": ctx.recipes[stage.name], "layout": LAYOUT,
+                                       "settings": settings, "result": result, "seconds": round(time.time() - started, 2)})
+            if stage.reuses:
+                shutil.rmtree(marker.parent.with_name(stage.name + PREVIOUS), ignore_errors=True)
+            ctx.results[stage.name] = result
+            log.info("%s: done in %.1fs", label, time.time() - started)
+        if stage.check is not None:
+            stage.check(ctx)
+        _write_record(ctx, fingerprints)
 
 
 def run_seeds(out: Path, doc: dict, seeds: list[int], data_dir: Path | None = None, force: bool = False) -> dict:
