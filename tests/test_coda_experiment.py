@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from lock_holder import held_elsewhere
 from scipy.stats import spearmanr
 
 from recfl.core.dataset import PreparedDataset
 from recfl.core.errors import RecflError, os_error_line
-from recfl.core.locks import exclusive
 from recfl.core.pool import assign_roles
 from tools.coda_experiment import (
     Grid,
@@ -153,7 +153,7 @@ def test_two_grids_never_write_one_out_folder_at_once(tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(TINY)
     grid, out = tmp_path / "grid.toml", tmp_path / "g"
     grid.write_text(f'config = "{tmp_path / "tiny.toml"}"\nseeds = [0]\n[[variant]]\nname = "defaults"\n')
-    with exclusive(out, "coda_experiment"):  # another grid holds it
+    with held_elsewhere(out, "coda_experiment"):  # another grid holds it
         assert main(["--grid", str(grid), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (f"coda_experiment: error: {out} is in use by another coda_experiment; "
                                                "wait for it to finish or use another --out")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from lock_holder import held_elsewhere
 
 from recfl.app import api
 from recfl.app.api import AbConfig, FederatedConfig, RunConfig, SyntheticSpec, TrainConfig
@@ -383,20 +384,22 @@ def test_two_runs_never_write_one_out_folder_at_once(finished, capsys):
     busy = tmp / "busy"
     shutil.copytree(out, busy)
     before = {p: p.stat().st_mtime_ns for p in busy.rglob("*") if p.is_file() and p.name != ".lock"}
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from recfl.core.locks import exclusive\n"
-                               "with exclusive(Path(sys.argv[1]), 'recfl run'):\n print('held', flush=True); time.sleep(60)",
-                               str(busy)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_elsewhere(busy, "recfl run"):
         assert main(["run", "--out", str(busy), "--config", str(_config(tmp))]) == 2
         err = capsys.readouterr().err
         assert err == f"recfl: error: {busy} is in use by another recfl run; wait for it to finish or use another --out\n"
-    finally:
-        holder.kill()
-        holder.wait()
     assert {p: p.stat().st_mtime_ns for p in busy.rglob("*") if p.is_file() and p.name != ".lock"} == before
     assert main(["run", "--out", str(busy), "--config", str(_config(tmp))]) == 0  # the lock died with its process
+
+
+def test_a_run_of_seeds_holds_its_folder_from_the_first_seed_to_the_pooled_report(tmp_path, capsys):
+    """Another process holding OUT stops ``--seeds`` before any seed folder exists."""
+    out = tmp_path / "seeds"
+    with held_elsewhere(out, "recfl run"):
+        assert main(["run", "--out", str(out), "--config", str(_config(tmp_path)), "--seeds", "0", "1"]) == 2
+        assert capsys.readouterr().err == (f"recfl: error: {out} is in use by another recfl run; "
+                                           "wait for it to finish or use another --out\n")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
 def test_fine_tuning_mistakes_are_one_line_errors_before_anything_runs(finished, capsys):

@@ -449,18 +449,20 @@ def run_seeds(out: Path, doc: dict, seeds: list[int], data_dir: Path | None = No
         raise RecflError(f"--out {out} holds a run of one seed (recfl run without --seeds); give another --out for --seeds")
     folders: dict[str, Path] = {}
     results: dict[str, dict] = {}
-    for seed in seeds:
-        label, folder = f"seed-{seed}", out / f"seed-{seed}"
-        if folders:
-            _copy_shared(next(iter(folders.values())), folder)
-        log.info("seed %d (%d of %d): %s", seed, len(folders) + 1, len(seeds), folder)
-        seeded = copy.deepcopy(doc)
-        for key in SEED_KEYS:
-            section, name = key.split(".")
-            seeded.setdefault(section, {})[name] = seed
-        results[label] = run(folder, seeded, data_dir, force=force)
-        folders[label] = folder
-    return {"seeds": results, "ab": run(out, doc, only=(_pooled_ab_stage(folders),))["ab"]}
+    with exclusive(out, "recfl run"):  # held from the first seed to the pooled report, each seed's folder with it
+        for seed in seeds:
+            label, folder = f"seed-{seed}", out / f"seed-{seed}"
+            log.info("seed %d (%d of %d): %s", seed, len(folders) + 1, len(seeds), folder)
+            seeded = copy.deepcopy(doc)
+            for key in SEED_KEYS:
+                section, name = key.split(".")
+                seeded.setdefault(section, {})[name] = seed
+            with exclusive(folder, "recfl run"):  # the shared stages are copied in under the seed's own hold
+                if folders:
+                    _copy_shared(next(iter(folders.values())), folder)
+                results[label] = run(folder, seeded, data_dir, force=force)
+            folders[label] = folder
+        return {"seeds": results, "ab": run(out, doc, only=(_pooled_ab_stage(folders),))["ab"]}
 
 
 def check_not_seeds(out: Path) -> None:
